@@ -1,0 +1,54 @@
+"""
+Whole-file contents managed in one round trip: the files gpufleet owns are small (keyrings, apt
+sources, modprobe, profile.d, ld.so.conf.d), so a digest comparison is the whole check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+from collections.abc import Iterator, Mapping
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
+from pyinfra.api.command import PyinfraCommand
+
+from facts.files import FileDigests
+
+
+def upload_changed(files: Mapping[str, bytes], mode: str) -> Iterator[PyinfraCommand]:
+    """Commands that bring each path to its contents; nothing for paths that already match."""
+    digests = host.get_fact(FileDigests, paths=sorted(files))
+    changed = {
+        path: data
+        for path, data in files.items()
+        if digests.get(path) != hashlib.sha256(data).hexdigest()
+    }
+    if not changed:
+        return
+    directories = sorted({posixpath.dirname(path) for path in changed})
+    yield StringCommand("mkdir", "-p", *(QuoteString(d) for d in directories))
+    for path, data in sorted(changed.items()):
+        yield FileUploadCommand(
+            io.BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path)
+        )
+    yield StringCommand("chmod", mode, *(QuoteString(path) for path in sorted(changed)))
+
+
+@operation()
+def contents(files: Mapping[str, str | bytes], mode: str = "644"):
+    """
+    Make each file hold exactly the given contents.
+
+    + files: path -> contents (text is written as UTF-8)
+    + mode: octal mode for files that are written
+    """
+    encoded = {
+        path: data.encode() if isinstance(data, str) else data for path, data in files.items()
+    }
+    commands = list(upload_changed(encoded, mode))
+    if not commands:
+        host.noop(f"{len(files)} file(s) already up to date")
+        return
+    yield from commands

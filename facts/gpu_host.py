@@ -1,0 +1,187 @@
+"""
+Everything gpufleet checks on a GPU host, gathered in one shell command (one round trip) by
+running the individual facts' commands as sections of a single script.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, TypedDict, cast
+
+from pyinfra.api import FactBase
+from pyinfra.facts.server import KernelVersion
+
+from facts.apt import DebPackageState, DebPackageStates, HeldPackages
+from facts.cuda import CudaToolkits, CudaToolkitsInfo
+from facts.cudnn import CudnnVersion
+from facts.docker import DockerDaemonConfig, DockerDaemonConfigInfo, DockerInfo, DockerInfoData
+from facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
+
+SECTION_MARKER = "@@gpufleet:section:"
+
+# A marker may follow output that lacked a final newline, so it is matched anywhere, taking the
+# newline before it (if any) as part of the marker.
+_SECTION_SPLIT = re.compile(rf"\n?{re.escape(SECTION_MARKER)}([\w.-]+)\n?")
+
+
+def combined_command(facts: dict[str, str]) -> str:
+    """
+    Join fact commands into one script that prints each one's output after its section marker.
+    Each runs in its own subshell with stdin closed and leftover stderr discarded, and the script
+    always succeeds, so one failing part cannot stop or fail the others.
+    """
+    sections = [
+        # The newline closes a command that ends in a comment or a trailing ";".
+        f"echo {shlex.quote(SECTION_MARKER + name)}; ( {command}\n) </dev/null 2>/dev/null"
+        for name, command in facts.items()
+    ]
+    return "; ".join([*sections, "true"])
+
+
+def split_sections(output: list[str]) -> dict[str, list[str]]:
+    """Split the output of ``combined_command`` into each section's output lines."""
+    parts = _SECTION_SPLIT.split("\n".join(output))
+    # parts = [text before the first marker, name, text, name, text, ...]
+    return {
+        name: text.split("\n") if text else []
+        for name, text in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+def fact_value(fact: FactBase, output: list[str]) -> Any:
+    """What pyinfra returns for ``fact`` given its output lines: no output gives the default."""
+    return fact.process(output) if output else fact.default()
+
+
+def parse_os_release(output: list[str]) -> dict[str, str]:
+    """``/etc/os-release`` as ``{"ID": "debian", "VERSION_ID": "12", ...}`` (shell unquoted)."""
+    fields: dict[str, str] = {}
+    for line in output:
+        key, separator, value = line.partition("=")
+        if separator and key.strip() and not key.startswith("#"):
+            words = shlex.split(value, comments=False)
+            fields[key.strip()] = words[0] if words else ""
+    return fields
+
+
+class OsReleaseFields(FactBase[dict[str, str]]):
+    """
+    Returns /etc/os-release with its keys as written (ID, VERSION_ID, VERSION_CODENAME, ...).
+    """
+
+    default = dict
+
+    def command(self) -> str:
+        return "cat /etc/os-release 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        return parse_os_release(output)
+
+
+class CommandInstalled(FactBase[bool]):
+    """
+    Returns whether ``command_name`` is an executable on the PATH of the fact's shell.
+    """
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def command(self, command_name: str) -> str:
+        return f"command -v {shlex.quote(command_name)} || true"
+
+    def process(self, output: list[str]) -> bool:
+        return any(line.strip() for line in output)
+
+
+def parse_python_version(output: list[str]) -> str | None:
+    """``Python 3.11.2`` -> ``"3.11.2"``."""
+    match = re.search(r"^Python (\S+)", "\n".join(output), re.MULTILINE)
+    return match.group(1) if match else None
+
+
+class Python3Version(FactBase[str | None]):
+    """
+    Returns the version of the ``python3`` on PATH, e.g. ``"3.11.2"``, or None without one.
+    """
+
+    def command(self) -> str:
+        # Python before 3.4 printed --version on stderr.
+        return "if command -v python3 >/dev/null 2>&1; then python3 --version 2>&1; fi; true"
+
+    def process(self, output: list[str]) -> str | None:
+        return parse_python_version(output)
+
+
+class GpuHostStateInfo(TypedDict):
+    os_release: dict[str, str]
+    kernel_release: str | None
+    nvidia_smi: NvidiaSmiInfo | None
+    nvidia_kernel: NvidiaKernelInfo
+    cuda: CudaToolkitsInfo
+    cudnn_version: str | None
+    packages: dict[str, DebPackageState]
+    held_packages: list[str]
+    docker_daemon_config: DockerDaemonConfigInfo
+    docker_info: DockerInfoData | None
+    dockerd_installed: bool
+    python3_version: str | None
+
+
+# Section name -> the fact that gathers and parses it. Processing never needs the command
+# arguments, so one instance serves every call.
+SECTION_FACTS: dict[str, FactBase] = {
+    "os_release": OsReleaseFields(),
+    "kernel_release": KernelVersion(),
+    "nvidia_smi": NvidiaSmi(),
+    "nvidia_kernel": NvidiaKernel(),
+    "cuda": CudaToolkits(),
+    "cudnn_version": CudnnVersion(),
+    "packages": DebPackageStates(),
+    "held_packages": HeldPackages(),
+    "docker_daemon_config": DockerDaemonConfig(),
+    "docker_info": DockerInfo(),
+    "dockerd_installed": CommandInstalled(),
+    "python3_version": Python3Version(),
+}
+
+
+def section_commands(packages: list[str], daemon_json_path: str) -> dict[str, str]:
+    """Each section's command, built by its fact with the arguments it takes."""
+    arguments: dict[str, dict[str, Any]] = {
+        "packages": {"packages": packages},
+        "docker_daemon_config": {"path": daemon_json_path},
+        "dockerd_installed": {"command_name": "dockerd"},
+    }
+    return {
+        name: str(fact.command(**arguments.get(name, {}))) for name, fact in SECTION_FACTS.items()
+    }
+
+
+def parse_gpu_host_state(output: list[str]) -> GpuHostStateInfo:
+    sections = split_sections(output)
+    state = {name: fact_value(fact, sections.get(name, [])) for name, fact in SECTION_FACTS.items()}
+    return cast(GpuHostStateInfo, state)
+
+
+class GpuHostState(FactBase[GpuHostStateInfo]):
+    """
+    Returns, in one round trip, what the individual facts return: os_release, kernel_release,
+    nvidia_smi, nvidia_kernel, cuda, cudnn_version, packages (DebPackageStates of ``packages``),
+    held_packages, docker_daemon_config, docker_info, dockerd_installed and python3_version.
+    """
+
+    @staticmethod
+    def default() -> GpuHostStateInfo:
+        return parse_gpu_host_state([])
+
+    def command(
+        self,
+        packages: list[str],
+        daemon_json_path: str = "/etc/docker/daemon.json",
+    ) -> str:
+        return combined_command(section_commands(packages, daemon_json_path))
+
+    def process(self, output: list[str]) -> GpuHostStateInfo:
+        return parse_gpu_host_state(output)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_facts_support import fixture_text, run_fact, run_lines
+
+from facts.gpu_host import (
+    SECTION_FACTS,
+    GpuHostState,
+    combined_command,
+    fact_value,
+    parse_os_release,
+    parse_python_version,
+    section_commands,
+    split_sections,
+)
+
+
+def test_sections_survive_failures_and_missing_newlines() -> None:
+    command = combined_command(
+        {
+            "first": "printf 'no newline'",
+            "failing": "echo partial; exit 3",
+            "stderr": "echo visible; echo hidden >&2",
+            "blank_end": "printf 'a\\n\\n'",
+            "empty": "true",
+        },
+    )
+    status, lines = run_lines(command)
+    assert status == 0
+    assert split_sections(lines) == {
+        "first": ["no newline"],
+        "failing": ["partial"],
+        "stderr": ["visible"],
+        "blank_end": ["a", ""],
+        "empty": [],
+    }
+
+
+def test_os_release_this_machine() -> None:
+    _, lines = run_lines("cat /etc/os-release")
+    fields = parse_os_release(lines)
+    assert fields["ID"] == run_lines('. /etc/os-release; echo "$ID"')[1][0]
+    assert fields["PRETTY_NAME"] == run_lines('. /etc/os-release; echo "$PRETTY_NAME"')[1][0]
+
+
+def test_python_version() -> None:
+    assert parse_python_version(["Python 3.11.2"]) == "3.11.2"
+    assert parse_python_version([]) is None
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> None:
+    daemon_json = tmp_path / "daemon.json"
+    daemon_json.write_text(fixture_text("daemon-json-for-linux-1531.json"))
+    packages = ["bash", "coreutils", "gpufleet-no-such-package"]
+
+    state = run_fact(GpuHostState(), shell, packages=packages, daemon_json_path=str(daemon_json))
+    assert isinstance(state, dict)
+    assert set(state) == set(SECTION_FACTS)
+
+    commands = section_commands(packages, str(daemon_json))
+    for name, fact in SECTION_FACTS.items():
+        status, lines = run_lines(commands[name], shell)
+        assert status == 0, name
+        assert state[name] == fact_value(fact, lines), name
+
+    # Spot checks against this machine's own view, independent of the facts' parsing.
+    assert state["kernel_release"] == run_lines("uname -r")[1][0]
+    assert state["dockerd_installed"] is (run_lines("command -v dockerd")[0] == 0)
+    assert state["docker_daemon_config"]["config"]["default-runtime"] == "nvidia"
+    assert set(state["packages"]) == {"bash", "coreutils"}
