@@ -29,7 +29,13 @@ CUDA_RELEASE_MIN_DRIVER: dict[str, str] = {
     "11.3.1": "465.19.01",
     "11.4.0": "470.42.01",
     "11.4.4": "470.82.01",
+    "11.5.0": "495.29.05",
+    "11.6.0": "510.39.01",
+    "11.7.0": "515.43.04",
     "11.8.0": "520.61.05",
+    "12.0.0": "525.60.13",
+    "12.1.0": "530.30.02",
+    "12.2.0": "535.54.03",
     "12.2.2": "535.104.05",
 }
 
@@ -40,7 +46,7 @@ MINOR_VERSION_COMPAT_MIN_DRIVER: dict[str, str] = {
     "12": "525.60.13",
 }
 
-# cuDNN major.minor -> the CUDA major.minor builds NVIDIA published for it (package suffix +cudaX.Y).
+# cuDNN major.minor -> the CUDA builds NVIDIA published for it (package suffix +cudaX.Y).
 CUDNN_CUDA_BUILDS: dict[str, tuple[str, ...]] = {
     "8.0": ("10.1", "10.2", "11.0"),
     "8.1": ("10.2", "11.2"),
@@ -271,7 +277,7 @@ def _check_driver_for_cuda(request: StackRequest) -> list[str]:
         return [
             f"nvidia_driver_version = {request.nvidia_driver_version!r} is too old for CUDA "
             f"{request.cuda_package_version}: it needs driver >= {usual} (or >= {compat} under "
-            f"CUDA minor-version compatibility); use e.g. '470.182.03'"
+            f"CUDA minor-version compatibility); pin a driver at or above {usual}"
         ]
     return []
 

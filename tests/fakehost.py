@@ -9,6 +9,7 @@ The outputs are rendered in the formats of the real tools (dpkg-query, sha256sum
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,10 @@ class FakeHost:
             lines += [SECTION_MARKER + name, *section]
         return lines
 
+    def connector_data(self) -> dict[str, Any]:
+        """Host data for the @fake connector: scripted outputs, no simulated delays."""
+        return {"fake_responses": self.responses(), "fake_delay": 0, "fake_delay_jitter": 0}
+
     def responses(self) -> dict[Any, Any]:
         """The @fake connector's `fake_responses`: first matching command wins."""
         return {
@@ -106,6 +111,14 @@ def bare_ubuntu_2004() -> FakeHost:
     return FakeHost(
         os_release=(FIXTURES / "os-release" / "ubuntu-20.04.6.txt").read_text(),
         kernel_release=UBUNTU_2004_KERNEL,
+        services={"ssh.service": (True, True)},
+    )
+
+
+def bare_debian_12() -> FakeHost:
+    return FakeHost(
+        os_release=(FIXTURES / "os-release" / "debian-12.txt").read_text(),
+        kernel_release="6.1.0-26-amd64",
         services={"ssh.service": (True, True)},
     )
 
@@ -128,7 +141,9 @@ def converged_ubuntu_2004(data: dict[str, Any]) -> FakeHost:
     for path, text in environment_files(settings["cuda_version"]).items():
         host.files[path] = text.encode()
     host.files[DAEMON_JSON_PATH] = render_daemon_config(
-        merge_daemon_config({}, settings["docker_default_runtime"], settings["docker_daemon_config"])
+        merge_daemon_config(
+            {}, settings["docker_default_runtime"], settings["docker_daemon_config"]
+        )
     )
     host.cuda_default_path = toolkit_path(settings["cuda_version"])
 
@@ -155,11 +170,12 @@ class PlannedOperation:
     name: str
     commands: list[str]
     conditional: bool
+    uploads: dict[str, bytes] = field(default_factory=dict)
 
 
-def plan(hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any) -> dict[
-    str, list[PlannedOperation]
-]:
+def plan(
+    hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any
+) -> dict[str, list[PlannedOperation]]:
     """
     Run a @deploy against @fake hosts through pyinfra's API and return, per host, each operation
     that would change something with the commands it would run. Operations guarded by `_if`
@@ -174,7 +190,7 @@ def plan(hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any) ->
     inventory = Inventory(
         (
             [
-                (f"@fake/{name}", {**data, "fake_responses": host.responses(), "fake_delay": 0})
+                (f"@fake/{name}", {**data, **host.connector_data()})
                 for name, (host, data) in hosts.items()
             ],
             {},
@@ -196,11 +212,17 @@ def plan(hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any) ->
                 operations.append(PlannedOperation(name, [], conditional=True))
                 continue
             with ctx_state.use(state), ctx_host.use(host):
-                commands = [
-                    f"upload {command.dest}" if isinstance(command, FileUploadCommand) else str(command)
-                    for command in op_data.command_generator()
-                ]
-            if commands:
-                operations.append(PlannedOperation(name, commands, conditional=False))
+                generated = list(op_data.command_generator())
+            if not generated:
+                continue
+            planned_op = PlannedOperation(name, [], conditional=False)
+            for command in generated:
+                if isinstance(command, FileUploadCommand):
+                    planned_op.commands.append(f"upload {command.dest}")
+                    assert isinstance(command.src, io.BytesIO)  # gpufleet uploads from memory
+                    planned_op.uploads[command.dest] = command.src.getvalue()
+                else:
+                    planned_op.commands.append(str(command))
+            operations.append(planned_op)
         planned[host.name.removeprefix("@fake/")] = operations
     return planned

@@ -1,0 +1,251 @@
+"""
+Fleet report: one row per host from a folder of per-host result files, as a self-contained HTML
+page and as a Markdown table for terminals. Versions that differ from the fleet's pinned ones
+(drift) are highlighted in both.
+
+Each result file is JSON: {"host", "os", "verdict": HostVerdict, "facts": {...}, "smoke_test":
+tf_smoke_test.py's report or null}, with facts keyed as GpuHostState's (nvidia_smi, cuda,
+cudnn_version, docker_info, ...).
+
+    python -m deploys.fleet_report RESULTS_DIR --driver 470.182.03 --cuda 11.2 --cudnn 8.1.1 \\
+        [--html out.html] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploys.diagnosis import Expectations, gpu_models
+
+COLUMNS = (
+    ("host", "Host"),
+    ("os", "OS"),
+    ("driver", "Driver"),
+    ("cuda", "CUDA"),
+    ("cudnn", "cuDNN"),
+    ("runtime", "Container runtime"),
+    ("gpus", "GPUs"),
+    ("tensorflow", "TensorFlow"),
+    ("matmul_ms", "matmul ms per GPU"),
+    ("broken_layer", "Broken layer"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: dict[str, str]  # column key -> text
+    state: str  # "ok", "broken", "unverified" or "unreadable"
+    drift: frozenset[str]  # column keys whose version differs from the pinned one
+    summary: str
+
+
+def pinned_cuda_release(facts: dict[str, Any], pins: Expectations) -> str | None:
+    toolkit = ((facts.get("cuda") or {}).get("toolkits") or {}).get(pins.cuda_version)
+    return toolkit.get("nvcc_release") if toolkit else None
+
+
+def runtime_text(docker_info: dict[str, Any] | None) -> str:
+    if not docker_info:
+        return "no docker"
+    default = docker_info.get("default_runtime") or "?"
+    nvidia = "nvidia registered" if "nvidia" in (docker_info.get("runtimes") or {}) else "no nvidia"
+    return f"default {default}, {nvidia}"
+
+
+def tensorflow_text(smoke_test: dict[str, Any] | None) -> str:
+    if smoke_test is None:
+        return "not run"
+    version = smoke_test.get("tensorflow_version") or "not importable"
+    if smoke_test.get("passed"):
+        return f"{version} pass"
+    return f"{version} FAIL: {smoke_test.get('error') or 'failed'}"
+
+
+def matmul_text(smoke_test: dict[str, Any] | None) -> str:
+    timings = [
+        f"{check['gpu']}: {check['ms']:.2f}"
+        for check in (smoke_test or {}).get("checks") or []
+        if check.get("name") == "matmul" and check.get("ms") is not None
+    ]
+    return ", ".join(timings) or "-"
+
+
+def host_row(result: dict[str, Any], pins: Expectations) -> Row:
+    facts = result.get("facts") or {}
+    verdict = result.get("verdict") or {}
+    nvidia_smi = facts.get("nvidia_smi") or {}
+    smoke_test = result.get("smoke_test")
+    driver = nvidia_smi.get("driver_version")
+    cuda_release = pinned_cuda_release(facts, pins)
+    toolkits = sorted((facts.get("cuda") or {}).get("toolkits") or {})
+    cudnn = facts.get("cudnn_version")
+    drift = {
+        column
+        for column, seen, pinned in (
+            ("driver", driver, pins.driver_version),
+            ("cuda", cuda_release, pins.cuda_version),
+            ("cudnn", cudnn, pins.cudnn_version),
+        )
+        if seen != pinned
+    }
+    gpus = nvidia_smi.get("gpus") or []
+    state = verdict.get("state", "unverified")
+    cells = {
+        "host": str(result.get("host", "?")),
+        "os": str(result.get("os") or "?"),
+        "driver": driver or "none",
+        "cuda": ", ".join(toolkits) or "none",
+        "cudnn": cudnn or "none",
+        "runtime": runtime_text(facts.get("docker_info")),
+        "gpus": gpu_models(gpus),
+        "tensorflow": tensorflow_text(smoke_test),
+        "matmul_ms": matmul_text(smoke_test),
+        "broken_layer": verdict.get("broken_layer") or ("-" if state == "ok" else f"({state})"),
+    }
+    return Row(cells, state, frozenset(drift), str(verdict.get("summary", "")))
+
+
+def unreadable_row(path: Path, error: str) -> Row:
+    cells = {key: "?" for key, _ in COLUMNS}
+    cells["host"] = path.stem
+    cells["broken_layer"] = "(unreadable)"
+    return Row(cells, "unreadable", frozenset(), f"{path.name}: unreadable result file: {error}")
+
+
+def load_rows(results_dir: Path, pins: Expectations) -> list[Row]:
+    rows = []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            rows.append(unreadable_row(path, str(error)))
+            continue
+        if not isinstance(result, dict):
+            rows.append(unreadable_row(path, "not a JSON object"))
+            continue
+        rows.append(host_row(result, pins))
+    return rows
+
+
+def pins_text(pins: Expectations) -> str:
+    return f"driver {pins.driver_version}, CUDA {pins.cuda_version}, cuDNN {pins.cudnn_version}"
+
+
+def totals_text(rows: Sequence[Row]) -> str:
+    counts = [
+        f"{sum(row.state == state for row in rows)} {state}"
+        for state in ("ok", "broken", "unverified", "unreadable")
+    ]
+    drifted = sum(bool(row.drift) for row in rows)
+    return f"{len(rows)} hosts: {', '.join(counts)}, {drifted} drifted"
+
+
+def markdown_cell(text: str) -> str:
+    return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def render_markdown(rows: Sequence[Row], pins: Expectations) -> str:
+    lines = [
+        f"Fleet report (pinned: {pins_text(pins)}). {totals_text(rows)}.",
+        "",
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for row in rows:
+        cells = []
+        for key, _ in COLUMNS:
+            text = markdown_cell(row.cells[key])
+            if key in row.drift:
+                text = f"**{text}** (drift)"
+            elif key == "host" and row.drift:
+                text = f"{text} DRIFT"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    problems = [row.summary for row in rows if row.state != "ok" and row.summary]
+    if problems:
+        lines += ["", *(f"- {markdown_cell(summary)}" for summary in problems)]
+    return "\n".join(lines) + "\n"
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #eee; }
+tr.broken td, tr.unreadable td { background: #fde2e2; }
+tr.unverified td { background: #fff7d6; }
+td.drift { background: #ffd36b; font-weight: bold; }
+"""
+
+
+def render_html(rows: Sequence[Row], pins: Expectations) -> str:
+    def escape(text: str) -> str:
+        return html.escape(text, quote=True)
+
+    header = "".join(f"<th>{escape(title)}</th>" for _, title in COLUMNS)
+    body = []
+    for row in rows:
+        classes = " ".join([row.state, *(["drift"] if row.drift else [])])
+        cells = "".join(
+            f'<td class="drift" title="pinned: {escape(pins_text(pins))}">'
+            f"{escape(row.cells[key])}</td>"
+            if key in row.drift
+            else f"<td>{escape(row.cells[key])}</td>"
+            for key, _ in COLUMNS
+        )
+        body.append(f'<tr class="{escape(classes)}">{cells}</tr>')
+    problems = "".join(
+        f"<li>{escape(row.summary)}</li>" for row in rows if row.state != "ok" and row.summary
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8"><title>gpufleet report</title>'
+        f"<style>{STYLE}</style></head><body>"
+        f"<h1>gpufleet report</h1><p>Pinned: {escape(pins_text(pins))}. "
+        f"{escape(totals_text(rows))}.</p>"
+        f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        + (f"<h2>Problems</h2><ul>{problems}</ul>" if problems else "")
+        + "</body></html>\n"
+    )
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploys.fleet_report", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument("results_dir", type=Path, help="folder of per-host result JSON files")
+    parser.add_argument("--driver", required=True, help="pinned driver version, e.g. 470.182.03")
+    parser.add_argument("--cuda", required=True, help="pinned CUDA version, e.g. 11.2")
+    parser.add_argument("--cudnn", required=True, help="pinned cuDNN version, e.g. 8.1.1")
+    parser.add_argument("--html", type=Path, help="write the HTML page here")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    if not arguments.results_dir.is_dir():
+        print(f"error: {arguments.results_dir} is not a folder", file=sys.stderr)
+        return 2
+    pins = Expectations(arguments.driver, arguments.cuda, arguments.cudnn)
+    rows = load_rows(arguments.results_dir, pins)
+    markdown = render_markdown(rows, pins)
+    if arguments.html:
+        arguments.html.write_text(render_html(rows, pins), encoding="utf-8")
+    if arguments.markdown:
+        arguments.markdown.write_text(markdown, encoding="utf-8")
+    if not (arguments.html or arguments.markdown):
+        sys.stdout.write(markdown)
+    print(totals_text(rows), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

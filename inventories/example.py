@@ -1,0 +1,37 @@
+"""
+An example fleet: copy this file, list your hosts, and run
+
+    pyinfra inventories/<fleet>.py deploys/gpu_host.py
+
+Every key below is optional; the values shown are gpufleet's defaults, so delete what you keep.
+"""
+
+GPUFLEET_DATA = {
+    # The stack: driver 470 (CUDA 11.4 capable) + CUDA 11.2 + cuDNN 8.1 is TensorFlow 2.9's.
+    "nvidia_driver_branch": "470",
+    "nvidia_driver_version": "470.182.03",
+    "cuda_version": "11.2",
+    "cuda_package_version": "11.2.2",
+    "cudnn_version": "8.1.1.33",
+    "nvidia_container_toolkit_version": "1.17.4",
+    # Air-gapped fleets point these at their mirrors (any OS is then trusted to be carried).
+    # "nvidia_cuda_repo_url": "http://mirror.internal/cuda/ubuntu2004/x86_64/",
+    # "nvidia_cuda_repo_key_url": "http://mirror.internal/cuda/3bf863cc.pub",
+    "nvidia_cuda_repo_key_fingerprint": "EB693B3035CD5710E231E123A4B469963BF863CC",
+    "nvidia_container_repo_key_fingerprint": "C95B321B61E88C1809C4F759DDCAE044F796ECB0",
+    # Docker: merged into /etc/docker/daemon.json; your other keys stay.
+    "docker_default_runtime": "nvidia",
+    "docker_daemon_config": {"default-shm-size": "1G"},
+    # A driver change that needs a reboot only reboots when this is true.
+    "gpu_reboot_allowed": False,
+    "tensorflow_image": "tensorflow/tensorflow:2.9.0-gpu",
+}
+
+# A group is (hosts, group data); host data wins over group data.
+training = (
+    [
+        ("gpu-01.example.com", {"ssh_user": "ubuntu", "_sudo": True}),
+        ("gpu-02.example.com", {"ssh_user": "ubuntu", "_sudo": True}),
+    ],
+    GPUFLEET_DATA,
+)

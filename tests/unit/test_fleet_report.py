@@ -1,0 +1,154 @@
+"""
+fleet_report: rows from a results folder, drift highlighting, escaping, and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from deploys.diagnosis import Expectations, HostEvidence, diagnose
+from deploys.fleet_report import load_rows, main, render_html, render_markdown
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
+PINS = Expectations(driver_version="470.182.03", cuda_version="11.2", cudnn_version="8.1.1")
+PIN_ARGUMENTS = ["--driver", "470.182.03", "--cuda", "11.2", "--cudnn", "8.1.1"]
+
+
+def host_result(host: str, os_name: str, **evidence_changes: Any) -> dict[str, Any]:
+    """A result file as gpufleet writes it, from the healthy evidence fixture with changes."""
+    evidence: dict[str, Any] = json.loads(
+        (FIXTURES / "host-evidence-healthy-2xv100.json").read_text()
+    )
+    evidence["smoke_test"] = json.loads(
+        (FIXTURES / "smoke-test-2gpu-pass.synthetic.json").read_text()
+    )
+    evidence.update(host=host, **evidence_changes)
+    verdict = diagnose(cast(HostEvidence, evidence), PINS)
+    facts = {key: evidence[key] for key in ("nvidia_smi", "cuda", "cudnn_version", "docker_info")}
+    return {
+        "host": host,
+        "os": os_name,
+        "verdict": verdict,
+        "facts": facts,
+        "smoke_test": evidence["smoke_test"],
+    }
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    healthy = host_result("gpu-01", "Ubuntu 20.04.6 LTS")
+    drifted = host_result("gpu-02", "Ubuntu 20.04.6 LTS", cudnn_version="8.1.0")
+    healthy_smi = healthy["facts"]["nvidia_smi"]
+    old_driver = host_result(
+        "gpu-03", "Ubuntu 18.04.6 LTS", nvidia_smi={**healthy_smi, "driver_version": "460.32.03"}
+    )
+    hostile = host_result(
+        "<script>alert(1)</script>", "Debian | 12 & co", smoke_test=None, smoke_test_output=None
+    )
+    for name, result in (
+        ("gpu-01", healthy),
+        ("gpu-02", drifted),
+        ("gpu-03", old_driver),
+        ("hostile", hostile),
+    ):
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+    (tmp_path / "gpu-04.json").write_text('{"host": "gpu-04", ')  # cut off mid-write
+    return tmp_path
+
+
+def markdown_rows(markdown: str) -> dict[str, str]:
+    return {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in markdown.splitlines()
+        if line.startswith("| ")
+    }
+
+
+def test_rows_carry_each_hosts_values(results_dir: Path) -> None:
+    rows = {row.cells["host"]: row for row in load_rows(results_dir, PINS)}
+    assert sorted(rows) == ["<script>alert(1)</script>", "gpu-01", "gpu-02", "gpu-03", "gpu-04"]
+    healthy = rows["gpu-01"]
+    assert healthy.cells == {
+        "host": "gpu-01",
+        "os": "Ubuntu 20.04.6 LTS",
+        "driver": "470.182.03",
+        "cuda": "11.2",
+        "cudnn": "8.1.1",
+        "runtime": "default runc, nvidia registered",
+        "gpus": "2x Tesla V100-SXM2-16GB",
+        "tensorflow": "2.9.0 pass",
+        "matmul_ms": "0: 0.41, 1: 0.41",
+        "broken_layer": "-",
+    }
+    assert healthy.state == "ok" and not healthy.drift
+    assert rows["gpu-02"].drift == {"cudnn"}
+    assert rows["gpu-03"].drift == {"driver"}
+    assert (rows["gpu-03"].state, rows["gpu-03"].cells["broken_layer"]) == ("broken", "driver")
+    assert rows["gpu-04"].state == "unreadable"
+    assert rows["<script>alert(1)</script>"].cells["tensorflow"] == "not run"
+    assert rows["<script>alert(1)</script>"].cells["broken_layer"] == "(unverified)"
+
+
+def test_markdown_marks_drift_and_escapes_pipes(results_dir: Path) -> None:
+    markdown = render_markdown(load_rows(results_dir, PINS), PINS)
+    rows = markdown_rows(markdown)
+    assert "**8.1.0** (drift)" in rows["gpu-02 DRIFT"]
+    assert "**460.32.03** (drift)" in rows["gpu-03 DRIFT"]
+    assert "(drift)" not in rows["gpu-01"]
+    assert "Debian \\| 12 & co" in markdown
+    # every table row has exactly the header's number of unescaped cell separators
+    separators = {
+        len(re.findall(r"(?<!\\)\|", line))
+        for line in markdown.splitlines()
+        if line.startswith("|")
+    }
+    assert separators == {11}
+    assert "5 hosts: 2 ok, 1 broken, 1 unverified, 1 unreadable, 2 drifted" in markdown
+
+
+def test_html_escapes_values_and_highlights_drift(results_dir: Path) -> None:
+    page = render_html(load_rows(results_dir, PINS), PINS)
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Debian | 12 &amp; co" in page
+    assert re.search(
+        r'<tr class="ok drift"><td>gpu-02</td>.*?<td class="drift"[^>]*>8\.1\.0</td>', page
+    )
+    assert re.search(r'<tr class="ok"><td>gpu-01</td>', page)
+    assert re.search(r'<tr class="unreadable"><td>gpu-04</td>', page)
+    assert re.search(r'<tr class="broken drift"><td>gpu-03</td>', page)
+    assert "<li>gpu-03: BROKEN at driver: driver 460.32.03 instead of 470.182.03" in page
+    assert "http" not in page.replace("http-equiv", "")  # self-contained: no external assets
+
+
+def test_cli_writes_both_reports(results_dir: Path, tmp_path: Path) -> None:
+    html_path, markdown_path = tmp_path / "out" / "fleet.html", tmp_path / "out" / "fleet.md"
+    html_path.parent.mkdir()
+    status = main(
+        [
+            str(results_dir),
+            *PIN_ARGUMENTS,
+            "--html",
+            str(html_path),
+            "--markdown",
+            str(markdown_path),
+        ]
+    )
+    assert status == 0
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
+    assert "| gpu-01 |" in markdown_path.read_text()
+
+
+def test_cli_prints_markdown_without_output_paths(
+    results_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(results_dir), *PIN_ARGUMENTS]) == 0
+    captured = capsys.readouterr()
+    assert "| gpu-03 DRIFT |" in captured.out
+    assert captured.err.startswith("5 hosts:")
+    assert main([str(results_dir / "missing"), *PIN_ARGUMENTS]) == 2

@@ -1,0 +1,266 @@
+"""
+The whole GPU host deploy planned against @fake hosts: the exact commands for a bare host, none
+for a converged one, and the refusals that come before any operation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploys.compat import CompatibilityError
+from deploys.gpu_host import gpu_host
+from tests.fakehost import (
+    FIXTURE_KEY_DATA,
+    FakeHost,
+    PlannedOperation,
+    bare_ubuntu_2004,
+    converged_ubuntu_2004,
+    plan,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+APT_GET = (
+    "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
+    " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+)
+
+
+def plan_one(host: FakeHost, **data: object) -> list[PlannedOperation]:
+    return plan({"gpu-01": (host, {**FIXTURE_KEY_DATA, **data})}, gpu_host)["gpu-01"]
+
+
+def changes(operations: list[PlannedOperation]) -> dict[str, list[str]]:
+    return {op.name.split(" | ")[-1]: op.commands for op in operations if not op.conditional}
+
+
+def install_command(*specs: str, hold: list[str]) -> str:
+    return (
+        f"dpkg --configure -a && {APT_GET} update && {APT_GET} install --no-install-recommends"
+        f" --allow-downgrades --allow-change-held-packages {' '.join(specs)}"
+        f" && apt-mark hold {' '.join(hold)}"
+    )
+
+
+DRIVER_FAMILY = [
+    "cuda-drivers-470",
+    "nvidia-driver-470",
+    "nvidia-dkms-470",
+    "nvidia-kernel-common-470",
+    "nvidia-kernel-source-470",
+    "nvidia-utils-470",
+    "nvidia-compute-utils-470",
+    "libnvidia-compute-470",
+    "libnvidia-gl-470",
+    "libnvidia-common-470",
+    "libnvidia-extra-470",
+    "libnvidia-decode-470",
+    "libnvidia-encode-470",
+    "libnvidia-cfg1-470",
+    "libnvidia-ifr1-470",
+    "libnvidia-fbc1-470",
+    "xserver-xorg-video-nvidia-470",
+]
+
+
+def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
+    planned = changes(plan_one(bare_ubuntu_2004()))
+    assert list(planned) == [
+        "NVIDIA CUDA repository (signed-by its own keyring)",
+        "Kernel headers for the running kernel (5.4.0-150-generic)",
+        "Blacklist nouveau",
+        "NVIDIA driver 470.182.03 (pinned, held)",
+        "nvidia-persistenced enabled and running",
+        "CUDA toolkit 11.2.2 (pinned, held)",
+        "CUDA on PATH and the loader path",
+        "/usr/local/cuda -> CUDA 11.2",
+        "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)",
+        "NVIDIA container toolkit repository (signed-by its own keyring)",
+        "nvidia-container-toolkit 1.17.4 (pinned, held)",
+        "Docker (docker.io) installed",
+        "nvidia runtime merged into /etc/docker/daemon.json",
+        "Docker enabled and running",
+    ]
+    assert planned["NVIDIA driver 470.182.03 (pinned, held)"] == [
+        install_command(*(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=DRIVER_FAMILY)
+    ]
+    assert planned["CUDA toolkit 11.2.2 (pinned, held)"] == [
+        install_command("'cuda-toolkit-11-2=11.2.2-*'", hold=["cuda-toolkit-11-2"])
+    ]
+    assert planned["cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)"] == [
+        install_command(
+            "'libcudnn8=8.1.1.33-*+cuda11.2'",
+            "'libcudnn8-dev=8.1.1.33-*+cuda11.2'",
+            hold=["libcudnn8", "libcudnn8-dev"],
+        )
+    ]
+    toolkit = [
+        "nvidia-container-toolkit",
+        "nvidia-container-toolkit-base",
+        "libnvidia-container-tools",
+        "libnvidia-container1",
+    ]
+    assert planned["nvidia-container-toolkit 1.17.4 (pinned, held)"] == [
+        install_command(*(f"'{name}=1.17.4-*'" for name in toolkit), hold=toolkit)
+    ]
+    # Docker and the headers come from the OS archive, unpinned and not held.
+    assert planned["Docker (docker.io) installed"] == [
+        f"dpkg --configure -a && {APT_GET} update && {APT_GET} install --no-install-recommends"
+        " --allow-downgrades --allow-change-held-packages docker.io"
+    ]
+
+
+def test_bare_host_repositories_are_signed_by_their_own_keyrings() -> None:
+    operations = {op.name.split(" | ")[-1]: op for op in plan_one(bare_ubuntu_2004())}
+    cuda = operations["NVIDIA CUDA repository (signed-by its own keyring)"]
+    assert cuda.uploads["/etc/apt/sources.list.d/cuda.list"] == (
+        b"deb [signed-by=/etc/apt/keyrings/cuda.gpg] "
+        b"https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2004/x86_64/ /\n"
+    )
+    container = operations["NVIDIA container toolkit repository (signed-by its own keyring)"]
+    assert container.uploads["/etc/apt/sources.list.d/nvidia-container-toolkit.list"] == (
+        b"deb [signed-by=/etc/apt/keyrings/nvidia-container-toolkit.gpg] "
+        b"https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)/ /\n"
+    )
+    assert cuda.uploads["/etc/apt/keyrings/cuda.gpg"][:1] == b"\x99"  # binary key packet
+
+
+def test_converged_host_plans_no_change() -> None:
+    operations = plan_one(converged_ubuntu_2004(FIXTURE_KEY_DATA))
+    assert changes(operations) == {}
+    # Only the handlers remain, and their triggers have nothing to change.
+    assert [op.name.split(" | ")[-1] for op in operations] == [
+        "Rebuild the initramfs without nouveau",
+        "Refresh the loader cache",
+        "Restart docker for the new daemon.json",
+    ]
+
+
+def test_held_older_driver_is_moved_to_the_pin_and_held_again() -> None:
+    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    for name in DRIVER_FAMILY:
+        host.packages[name] = ("470.141.03-1", "hold ok installed")
+    planned = changes(plan_one(host))
+    assert list(planned) == ["NVIDIA driver 470.182.03 (pinned, held)"]
+    (command,) = planned["NVIDIA driver 470.182.03 (pinned, held)"]
+    assert "--allow-change-held-packages 'cuda-drivers-470=470.182.03-*'" in command
+    assert command.endswith("apt-mark hold " + " ".join(DRIVER_FAMILY))
+    assert "unhold" not in command
+
+
+def test_unheld_pinned_package_is_held_again_without_reinstalling() -> None:
+    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    host.packages["libcudnn8"] = ("8.1.1.33-1+cuda11.2", "install ok installed")
+    assert changes(plan_one(host)) == {
+        "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)": ["apt-mark hold libcudnn8"]
+    }
+
+
+def test_users_daemon_json_keys_are_kept() -> None:
+    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    user_config = {
+        "log-driver": "json-file",
+        "log-opts": {"max-size": "10m", "max-file": "3"},
+        "registry-mirrors": ["https://mirror.example.invalid"],
+        "runtimes": {"crun": {"path": "/usr/bin/crun"}},
+    }
+    host.files["/etc/docker/daemon.json"] = json.dumps(user_config).encode()
+    operations = plan_one(host, docker_daemon_config={"default-shm-size": "1G"})
+    (daemon,) = [op for op in operations if op.name.endswith("merged into /etc/docker/daemon.json")]
+    assert daemon.commands == [
+        "mkdir -p /etc/docker",
+        "cp -np /etc/docker/daemon.json /etc/docker/daemon.json.before-gpufleet",
+        "upload /etc/docker/daemon.json",
+    ]
+    assert json.loads(daemon.uploads["/etc/docker/daemon.json"]) == {
+        **user_config,
+        "runtimes": {
+            "crun": {"path": "/usr/bin/crun"},
+            "nvidia": {"path": "nvidia-container-runtime", "args": []},
+        },
+        "default-runtime": "nvidia",
+        "default-shm-size": "1G",
+    }
+
+
+def test_daemon_json_that_does_not_parse_refuses_the_host() -> None:
+    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    host.files["/etc/docker/daemon.json"] = b'{"log-driver": "json-file",}\n'
+    with pytest.raises(CompatibilityError) as raised:
+        plan_one(host)
+    assert "/etc/docker/daemon.json does not parse (line 1 column 28" in str(raised.value)
+    assert "it was left untouched" in str(raised.value)
+
+
+def run_cli_dry(*data: str, limit: str = "@fake/gpu-bare") -> subprocess.CompletedProcess[str]:
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    args = [
+        str(pyinfra),
+        "--dry",
+        "tests/fixtures/inventories/fake_ubuntu2004.py",
+        "deploys/gpu_host.py",
+        "--limit",
+        limit,
+    ]
+    for item in data:
+        args += ["--data", item]
+    return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_dry_run_lists_pinned_installs() -> None:
+    result = run_cli_dry()
+    assert result.returncode == 0, result.stderr + result.stdout
+    for line in (
+        "NVIDIA driver 470.182.03 (pinned, held)",
+        "CUDA toolkit 11.2.2 (pinned, held)",
+        "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)",
+        "nvidia-container-toolkit 1.17.4 (pinned, held)",
+        "nvidia runtime merged into /etc/docker/daemon.json",
+    ):
+        assert line in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "limit", "message"),
+    [
+        (
+            ["nvidia_driver_branch=450", "nvidia_driver_version=450.51"],
+            "@fake/gpu-bare",
+            "nvidia_driver_version = '450.51' is too old for CUDA 11.2.2",
+        ),
+        (
+            [
+                "cuda_version=12.2",
+                "cuda_package_version=12.2.2",
+                "nvidia_driver_branch=535",
+                "nvidia_driver_version=535.183.01",
+                "tensorflow_image=example/custom:latest",
+            ],
+            "@fake/gpu-bare",
+            "cudnn_version = '8.1.1.33': cuDNN 8.1 was built for CUDA 10.2, 11.2",
+        ),
+        (
+            ["cuda_version=11.9"],
+            "@fake/gpu-bare",
+            "cuda_version = '11.9' is not a CUDA release gpufleet knows",
+        ),
+        (
+            [],
+            "@fake/debian12-bare",
+            "NVIDIA's debian12 repository does not carry CUDA 11.2",
+        ),
+    ],
+)
+def test_cli_refuses_bad_combinations_before_any_operation(
+    data: list[str], limit: str, message: str
+) -> None:
+    result = run_cli_dry(*data, limit=limit)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "refusing to deploy, nothing was changed on the host" in output
+    assert message in output
+    assert "Detected changes" not in output

@@ -1,0 +1,470 @@
+"""The stand-in repositories verify, resolve and install like NVIDIA's and Debian's.
+
+Real apt (in a private directory, empty dpkg status) runs against the built tree served over
+HTTP on 127.0.0.1. The first run downloads the Debian subset into the shared cache
+(tests.hosts.standin_repo.default_cache_dir()); later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.server
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.hosts.standin_repo import (
+    CONTAINER_REPO_PATH,
+    CUDA_REPO_PATH,
+    PrivateApt,
+    RepoTree,
+    build_repos,
+    default_cache_dir,
+)
+
+SUITE = "bookworm"
+
+# Verbatim lines of the real 470.182.03 table (nvidia-reference/nvidia-smi.txt, SAMPLE 1 header
+# and SAMPLE 5 rows: a Tesla T4 on 470.182.03).
+REAL_470_HEADER = "| NVIDIA-SMI 470.182.03   Driver Version: 470.182.03   CUDA Version: 11.4     |"
+REAL_T4_ROWS = (
+    "|   0  Tesla T4            Off  | 00000000:00:1E.0 Off |                    0 |",
+    "| N/A   34C    P8     9W /  70W |      0MiB / 15109MiB |      0%      Default |",
+)
+# Header of a real --query-gpu CSV (nvidia-reference/nvidia-smi-query.csv, SAMPLE A).
+REAL_QUERY_HEADER = "index, name, uuid, driver_version, memory.total [MiB], mig.mode.current"
+# Element paths of the real `nvidia-smi -q -x` (nvidia-reference/nvidia-smi-q-x.raw.xml).
+REAL_XML_PATHS = (
+    "driver_version",
+    "cuda_version",
+    "attached_gpus",
+    "gpu",
+    "gpu/product_name",
+    "gpu/uuid",
+    "gpu/fb_memory_usage/total",
+    "gpu/fb_memory_usage/used",
+    "gpu/persistence_mode",
+    "gpu/mig_mode/current_mig",
+    "gpu/pci/pci_bus_id",
+    "gpu/processes",
+)
+# nvcc --version of CUDA 11.2.2 (nvidia-reference/nvcc-version.txt).
+REAL_NVCC_11_2_BANNER = """\
+nvcc: NVIDIA (R) Cuda compiler driver
+Copyright (c) 2005-2021 NVIDIA Corporation
+Built on Sun_Feb_14_21:12:58_PST_2021
+Cuda compilation tools, release 11.2, V11.2.152
+Build cuda_11.2.r11.2/compiler.29618528_0
+"""
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def repo_tree() -> RepoTree:
+    return build_repos(default_cache_dir(), [SUITE])
+
+
+@pytest.fixture(scope="session")
+def repo_url(repo_tree: RepoTree) -> Iterator[str]:
+    handler = partial(QuietHandler, directory=str(repo_tree.root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+def source_lines(key: Path, base_url: str, *paths: str) -> list[str]:
+    return [f"deb [signed-by={key}] {base_url}{path} /" for path in paths]
+
+
+@pytest.fixture(scope="session")
+def apt(repo_tree: RepoTree, repo_url: str, tmp_path_factory: pytest.TempPathFactory) -> PrivateApt:
+    apt = PrivateApt(
+        tmp_path_factory.mktemp("apt"),
+        source_lines(
+            repo_tree.key_path, repo_url, f"debian/{SUITE}/", CUDA_REPO_PATH, CONTAINER_REPO_PATH
+        ),
+    )
+    apt.run("update")
+    return apt
+
+
+def test_update_verifies_every_repository_without_warnings(apt: PrivateApt) -> None:
+    result = apt.run("update")
+    output = result.stdout + result.stderr
+    assert "W:" not in output and "E:" not in output
+    assert output.count("InRelease") >= 3
+
+
+def test_update_rejects_a_tampered_release(repo_tree: RepoTree, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(repo_tree.root / CUDA_REPO_PATH, repo)
+    for name in ("InRelease", "Release"):
+        signed = repo / name
+        signed.write_text(signed.read_text().replace("Label: NVIDIA CUDA", "Label: NVIDIA CUDX"))
+    tampered = PrivateApt(tmp_path / "apt", source_lines(repo_tree.key_path, "file://", str(repo)))
+    result = tampered.run("update", check=False)
+    assert result.returncode != 0
+    assert "BADSIG" in result.stdout + result.stderr
+    assert tampered.run("install", "--simulate", "cuda-drivers-470", check=False).returncode != 0
+
+
+def test_unpinned_cuda_drivers_470_pulls_the_newest_driver(apt: PrivateApt) -> None:
+    assert apt.simulate_install("cuda-drivers-470")["nvidia-driver-470"] == "470.239.06-1"
+
+
+def test_pinning_cuda_drivers_470_alone_does_not_pin_the_driver(apt: PrivateApt) -> None:
+    versions = apt.simulate_install("cuda-drivers-470=470.182.03-1")
+    assert versions["cuda-drivers-470"] == "470.182.03-1"
+    assert versions["nvidia-driver-470"] == "470.239.06-1"
+
+
+# Every package cuda-drivers-470 and nvidia-driver-470 name: apt resolves (>=) dependencies to
+# the newest build first, so each must be pinned for the (=) chain to hold.
+DRIVER_470_FAMILY = (
+    "cuda-drivers-470",
+    "nvidia-driver-470",
+    "nvidia-dkms-470",
+    "nvidia-kernel-common-470",
+    "nvidia-kernel-source-470",
+    "libnvidia-common-470",
+    "libnvidia-gl-470",
+    "libnvidia-compute-470",
+    "libnvidia-extra-470",
+    "libnvidia-decode-470",
+    "libnvidia-encode-470",
+    "libnvidia-cfg1-470",
+    "libnvidia-ifr1-470",
+    "libnvidia-fbc1-470",
+    "xserver-xorg-video-nvidia-470",
+    "nvidia-utils-470",
+    "nvidia-compute-utils-470",
+)
+
+
+def test_pinned_driver_family_resolves_to_one_release(apt: PrivateApt) -> None:
+    versions = apt.simulate_install(*(f"{name}=470.182.03-1" for name in DRIVER_470_FAMILY))
+    driver_packages = {name: v for name, v in versions.items() if name.endswith("-470")}
+    assert driver_packages.keys() == set(DRIVER_470_FAMILY)
+    assert set(driver_packages.values()) == {"470.182.03-1"}
+    assert "dkms" in versions
+
+
+def test_pinning_part_of_the_driver_family_is_held_broken(apt: PrivateApt) -> None:
+    partial = apt.run(
+        "install",
+        "--simulate",
+        "cuda-drivers-470=470.182.03-1",
+        "nvidia-driver-470=470.182.03-1",
+        check=False,
+    )
+    assert partial.returncode != 0
+    assert "you have held broken packages" in partial.stdout + partial.stderr
+
+
+def test_unpinned_libcudnn8_picks_the_cuda_12_build(apt: PrivateApt) -> None:
+    assert apt.simulate_install("libcudnn8")["libcudnn8"] == "8.9.7.29-1+cuda12.2"
+    pinned = apt.simulate_install(
+        "libcudnn8=8.1.1.33-1+cuda11.2", "libcudnn8-dev=8.1.1.33-1+cuda11.2"
+    )
+    assert pinned["libcudnn8"] == pinned["libcudnn8-dev"] == "8.1.1.33-1+cuda11.2"
+
+
+def test_cuda_11_2_drags_the_newest_driver_and_the_toolkit_does_not(apt: PrivateApt) -> None:
+    everything = apt.simulate_install("cuda-11-2")
+    assert everything["cuda-drivers"] == "535.183.01-1"
+    assert everything["nvidia-driver-535"] == "535.183.01-1"
+    toolkit = apt.simulate_install("cuda-toolkit-11-2=11.2.2-1")
+    assert not [name for name in toolkit if "driver" in name]
+    assert toolkit["cuda-cudart-11-2"] == "11.2.152-1"
+    assert toolkit["libcublas-11-2"] == "11.4.1.1043-1"
+    assert toolkit["cuda-nvcc-11-2"] == "11.2.152-1"
+
+
+def test_container_toolkit_pin_needs_base_pinned_and_leaves_the_tools(apt: PrivateApt) -> None:
+    # apt takes the newest base as candidate and does not fall back to the (=) one.
+    alone = apt.run("install", "--simulate", "nvidia-container-toolkit=1.17.4-1", check=False)
+    assert "nvidia-container-toolkit-base (= 1.17.4-1) but 1.17.8-1" in alone.stdout
+    versions = apt.simulate_install(
+        "nvidia-container-toolkit=1.17.4-1", "nvidia-container-toolkit-base=1.17.4-1"
+    )
+    assert versions["nvidia-container-toolkit-base"] == "1.17.4-1"
+    assert versions["libnvidia-container-tools"] == "1.17.8-1"
+    assert "libseccomp2" in apt.simulate_install(
+        "nvidia-container-toolkit=1.13.5-1", "nvidia-container-toolkit-base=1.13.5-1"
+    )
+
+
+def test_debian_subset_holds_the_full_closure(apt: PrivateApt) -> None:
+    versions = apt.simulate_install(
+        "docker.io",
+        "dkms",
+        f"linux-headers-{platform.release()}",
+        "nvidia-driver-470",
+        "nvidia-container-toolkit",
+        "python3",
+        "openssh-server",
+        "systemd",
+    )
+    assert {"docker.io", "containerd", "runc", "dkms", "gcc"} <= versions.keys()
+
+
+def test_cached_tree_is_reused_quickly(repo_tree: RepoTree) -> None:
+    started = time.monotonic()
+    again = build_repos(default_cache_dir(), [SUITE])
+    assert time.monotonic() - started < 1
+    assert again == repo_tree
+    shown = subprocess.run(
+        ["gpg", "--show-keys", "--with-colons", str(again.key_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.findall(r"^fpr:+([0-9A-F]{40}):", shown, re.MULTILINE)[0] == again.key_fingerprint
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+
+def unpack(repo_tree: RepoTree, repo_path: str, deb_name: str, target: Path) -> Path:
+    subprocess.run(
+        ["dpkg-deb", "-x", str(repo_tree.root / repo_path / deb_name), str(target)], check=True
+    )
+    return target
+
+
+@pytest.fixture
+def nvidia_smi(repo_tree: RepoTree, tmp_path: Path) -> Path:
+    root = unpack(
+        repo_tree, CUDA_REPO_PATH, "nvidia-utils-470_470.182.03-1_amd64.deb", tmp_path / "root"
+    )
+    return root / "usr/bin/nvidia-smi"
+
+
+def run_smi(
+    smi: Path, tmp_path: Path, config: Mapping[str, object], *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    config_path = tmp_path / "gpus.json"
+    config_path.write_text(json.dumps(config))
+    env = {
+        **os.environ,
+        "NVIDIA_STANDIN_CONFIG": str(config_path),
+        "NVIDIA_STANDIN_STATE_DIR": str(tmp_path / "state"),
+    }
+    return subprocess.run(
+        [str(smi), *arguments], env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_nvidia_smi_table_matches_the_real_470_layout(nvidia_smi: Path, tmp_path: Path) -> None:
+    lines = run_smi(nvidia_smi, tmp_path, {"mode": "ok"}).stdout.splitlines()
+    assert lines[2] == REAL_470_HEADER
+    assert lines[8:10] == list(REAL_T4_ROWS)
+    assert {len(line) for line in lines[1:]} == {79}
+
+
+def test_nvidia_smi_xml_has_the_real_elements(nvidia_smi: Path, tmp_path: Path) -> None:
+    config = {
+        "mode": "ok",
+        "processes": [{"gpu": 0, "pid": 4242, "process_name": "python3", "used_memory_mib": 300}],
+    }
+    log = ET.fromstring(run_smi(nvidia_smi, tmp_path, config, "-q", "-x").stdout)
+    assert [path for path in REAL_XML_PATHS if log.find(path) is None] == []
+    assert log.findtext("driver_version") == "470.182.03"
+    assert log.findtext("cuda_version") == "11.4"
+    assert log.findtext("gpu/fb_memory_usage/total") == "15109 MiB"
+    assert log.findtext("gpu/processes/process_info/pid") == "4242"
+
+
+def test_nvidia_smi_csv_queries(nvidia_smi: Path, tmp_path: Path) -> None:
+    config = {
+        "mode": "ok",
+        "processes": [{"gpu": 0, "pid": 4242, "process_name": "python3", "used_memory_mib": 300}],
+    }
+    fields = "--query-gpu=index,name,uuid,driver_version,memory.total,mig.mode.current"
+    header, row = run_smi(nvidia_smi, tmp_path, config, fields, "--format=csv").stdout.splitlines()
+    assert header == REAL_QUERY_HEADER
+    assert re.fullmatch(r"0, Tesla T4, GPU-[0-9a-f-]{36}, 470\.182\.03, 15109 MiB, \[N/A\]", row)
+    bare = run_smi(nvidia_smi, tmp_path, config, fields, "--format=csv,noheader,nounits")
+    assert bare.stdout.split(", ")[4] == "15109"
+    apps = run_smi(
+        nvidia_smi,
+        tmp_path,
+        config,
+        "--query-compute-apps=pid,process_name,used_memory,gpu_uuid",
+        "--format=csv",
+    )
+    assert apps.stdout.splitlines()[0] == "pid, process_name, used_gpu_memory [MiB], gpu_uuid"
+    assert apps.stdout.splitlines()[1].startswith("4242, python3, 300 MiB, GPU-")
+    listing = run_smi(nvidia_smi, tmp_path, config, "-L").stdout
+    assert re.fullmatch(r"GPU 0: Tesla T4 \(UUID: GPU-[0-9a-f-]{36}\)\n", listing)
+
+
+def test_nvidia_smi_driver_states(nvidia_smi: Path, tmp_path: Path) -> None:
+    no_driver = run_smi(nvidia_smi, tmp_path, {"mode": "no-driver"})
+    assert (no_driver.returncode, no_driver.stdout.split(" because")[0]) == (
+        9,
+        "NVIDIA-SMI has failed",
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "module-version").write_text("470.141.03\n")
+    stale = run_smi(nvidia_smi, tmp_path, {})
+    assert stale.returncode == 18
+    assert stale.stdout == "Failed to initialize NVML: Driver/library version mismatch\n"
+    (state / "module-version").write_text("470.182.03\n")
+    assert run_smi(nvidia_smi, tmp_path, {}).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nvidia-smi -pm refuses other users")
+def test_nvidia_smi_persistence_mode(nvidia_smi: Path, tmp_path: Path) -> None:
+    enabled = run_smi(nvidia_smi, tmp_path, {"mode": "ok"}, "-pm", "1")
+    assert enabled.stdout == (
+        "Enabled Legacy persistence mode for GPU 00000000:00:1E.0.\nAll done.\n"
+    )
+    query = run_smi(
+        nvidia_smi,
+        tmp_path,
+        {"mode": "ok"},
+        "--query-gpu=persistence_mode",
+        "--format=csv,noheader",
+    )
+    assert query.stdout == "Enabled\n"
+
+
+def test_nvcc_prints_the_real_11_2_banner(repo_tree: RepoTree, tmp_path: Path) -> None:
+    root = unpack(repo_tree, CUDA_REPO_PATH, "cuda-nvcc-11-2_11.2.152-1_amd64.deb", tmp_path)
+    result = subprocess.run(
+        [str(root / "usr/local/cuda-11.2/bin/nvcc"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout == REAL_NVCC_11_2_BANNER
+
+
+@pytest.mark.parametrize(
+    ("deb_name", "library", "soname", "version"),
+    [
+        (
+            "libnvidia-compute-470_470.182.03-1_amd64.deb",
+            "usr/lib/x86_64-linux-gnu/libcuda.so.470.182.03",
+            "libcuda.so.1",
+            "470.182.03",
+        ),
+        (
+            "libcudnn8_8.1.1.33-1+cuda11.2_amd64.deb",
+            "usr/lib/x86_64-linux-gnu/libcudnn.so.8.1.1",
+            "libcudnn.so.8",
+            "8.1.1.33",
+        ),
+        (
+            "cuda-cudart-11-2_11.2.152-1_amd64.deb",
+            "usr/local/cuda-11.2/targets/x86_64-linux/lib/libcudart.so.11.2.152",
+            "libcudart.so.11.0",
+            "11.2.152",
+        ),
+    ],
+)
+def test_libraries_are_loadable_with_the_real_soname(
+    repo_tree: RepoTree, tmp_path: Path, deb_name: str, library: str, soname: str, version: str
+) -> None:
+    root = unpack(repo_tree, CUDA_REPO_PATH, deb_name, tmp_path)
+    dynamic = subprocess.run(
+        ["readelf", "-d", str(root / library)], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"Library soname: [{soname}]" in dynamic
+    assert os.readlink(root / library.rsplit("/", 1)[0] / soname) == library.rsplit("/", 1)[1]
+    loaded = ctypes.CDLL(str(root / library))
+    loaded.gpufleet_standin_version.restype = ctypes.c_char_p
+    assert loaded.gpufleet_standin_version() == version.encode()
+
+
+def test_container_runtime_adds_the_hook_and_hands_over_to_runc(
+    repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    root = unpack(
+        repo_tree,
+        CONTAINER_REPO_PATH,
+        "nvidia-container-toolkit-base_1.17.4-1_amd64.deb",
+        tmp_path / "root",
+    )
+    fake_runc = tmp_path / "bin/runc"
+    fake_runc.parent.mkdir()
+    fake_runc.write_text('#!/bin/sh\necho "runc $*"\n')
+    fake_runc.chmod(0o755)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    spec = {"root": {"path": "rootfs"}, "process": {"env": ["NVIDIA_VISIBLE_DEVICES=all"]}}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PATH": f"{fake_runc.parent}:{os.environ['PATH']}"}
+    runtime = str(root / "usr/bin/nvidia-container-runtime")
+    created = subprocess.run(
+        [runtime, "create", "--bundle", str(bundle), "c1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert created.stdout == f"runc create --bundle {bundle} c1\n"
+    hooks = json.loads((bundle / "config.json").read_text())["hooks"]["prestart"]
+    assert hooks == [
+        {
+            "path": "/usr/bin/nvidia-container-runtime-hook",
+            "args": ["nvidia-container-runtime-hook", "prestart"],
+        }
+    ]
+    version = subprocess.run(
+        [runtime, "--version"], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert version[0] == "NVIDIA Container Runtime version 1.17.4"
+    assert version[-1] == "runc --version"
+
+
+def test_nvidia_ctk_merges_the_runtime_into_daemon_json(
+    repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    root = unpack(
+        repo_tree,
+        CONTAINER_REPO_PATH,
+        "nvidia-container-toolkit-base_1.17.4-1_amd64.deb",
+        tmp_path / "root",
+    )
+    daemon_json = tmp_path / "daemon.json"
+    daemon_json.write_text('{"log-driver": "json-file"}')
+    subprocess.run(
+        [
+            str(root / "usr/bin/nvidia-ctk"),
+            "runtime",
+            "configure",
+            "--runtime=docker",
+            f"--config={daemon_json}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert daemon_json.read_text() == json.dumps(
+        {
+            "log-driver": "json-file",
+            "runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}},
+        },
+        indent=4,
+        sort_keys=True,
+    )
