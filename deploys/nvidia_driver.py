@@ -12,7 +12,9 @@ import logging
 
 from pyinfra import host
 from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import server, systemd
+from pyinfra.operations.util import any_changed
 
 from deploys import apt, files
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
@@ -45,6 +47,19 @@ NOUVEAU_BLACKLIST = (
     "# Managed by gpufleet: the NVIDIA driver cannot load beside nouveau.\n"
     "blacklist nouveau\noptions nouveau modeset=0\n"
 )
+
+# Ubuntu's unit runs the daemon with --no-persistence-mode, stops when unneeded and has no
+# [Install] section (udev starts it): gpufleet wants persistence mode on and the daemon up at boot.
+PERSISTENCED_DROPIN_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/gpufleet.conf"
+PERSISTENCED_DROPIN = (
+    "# Managed by gpufleet: keep the GPUs initialised between jobs.\n"
+    "[Unit]\nStopWhenUnneeded=false\n\n"
+    "[Service]\nExecStart=\n"
+    "ExecStart=/usr/bin/nvidia-persistenced"
+    " --user nvidia-persistenced --persistence-mode --verbose\n"
+)
+PERSISTENCED_BOOT_LINK = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
+PERSISTENCED_UNIT = "/lib/systemd/system/nvidia-persistenced.service"
 
 logger = logging.getLogger("pyinfra")
 
@@ -108,11 +123,22 @@ def nvidia_driver(
         name=f"NVIDIA driver {settings.nvidia_driver_version} (pinned, held)",
         packages=driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
     )
+    persistenced = files.contents(
+        name="nvidia-persistenced in persistence mode",
+        files={PERSISTENCED_DROPIN_PATH: PERSISTENCED_DROPIN},
+    )
+    boot_link = pyinfra_files.link(
+        name="nvidia-persistenced started at boot",
+        path=PERSISTENCED_BOOT_LINK,
+        target=PERSISTENCED_UNIT,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(persistenced, boot_link))
+    systemd.service(name="nvidia-persistenced running", service="nvidia-persistenced", running=True)
     systemd.service(
-        name="nvidia-persistenced enabled and running",
+        name="Restart nvidia-persistenced for its new settings",
         service="nvidia-persistenced",
-        running=True,
-        enabled=True,
+        restarted=True,
+        _if=persistenced.did_change,
     )
     reason = reboot_reason(host_state["nvidia_kernel"], settings.nvidia_driver_version)
     if reason is None:

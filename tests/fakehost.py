@@ -21,7 +21,15 @@ from deploys.cuda import CUDA_REPO_NAME, environment_files, toolkit_path
 from deploys.cudnn import cudnn_packages
 from deploys.docker import DAEMON_JSON_PATH, merge_daemon_config, render_daemon_config
 from deploys.nvidia_container import CONTAINER_REPO_NAME, container_toolkit_packages
-from deploys.nvidia_driver import NOUVEAU_BLACKLIST, NOUVEAU_BLACKLIST_PATH, driver_packages
+from deploys.nvidia_driver import (
+    NOUVEAU_BLACKLIST,
+    NOUVEAU_BLACKLIST_PATH,
+    PERSISTENCED_BOOT_LINK,
+    PERSISTENCED_DROPIN,
+    PERSISTENCED_DROPIN_PATH,
+    PERSISTENCED_UNIT,
+    driver_packages,
+)
 from deploys.settings import DATA_DEFAULTS
 from facts.docker import DAEMON_JSON_EXISTS_MARKER
 from facts.gpu_host import SECTION_MARKER
@@ -47,6 +55,8 @@ class FakeHost:
     # name -> (version, dpkg status such as "hold ok installed")
     packages: dict[str, tuple[str, str]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    # symlink path -> target
+    links: dict[str, str] = field(default_factory=dict)
     cuda_default_path: str | None = None
     # unit -> (running, enabled)
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)
@@ -56,6 +66,16 @@ class FakeHost:
 
     def sha256sum_lines(self) -> list[str]:
         return [f"{hashlib.sha256(data).hexdigest()}  {path}" for path, data in self.files.items()]
+
+    def stat_lines(self, path: str) -> list[str]:
+        """GNU stat's answer to pyinfra's File/Link facts (nothing: the path is absent)."""
+        target = self.links.get(path)
+        if target is None:
+            return []
+        times = "atime=1700000000 mtime=1700000000 ctime=1700000000"
+        return [
+            f"user=root group=root mode=lrwxrwxrwx {times} size={len(target)} '{path}' -> '{target}'"
+        ]
 
     def daemon_json_lines(self) -> list[str]:
         data = self.files.get(DAEMON_JSON_PATH)
@@ -102,6 +122,10 @@ class FakeHost:
             "dpkg-query -W": self.dpkg_query_lines(),
             DAEMON_JSON_EXISTS_MARKER: self.daemon_json_lines(),
             "/usr/local/cuda-*": self.cuda_lines(),
+            **{
+                re.compile(rf"stat -c .* {re.escape(path)}"): self.stat_lines(path)
+                for path in self.links
+            },
             re.compile(r"systemctl show .*SubState"): self.systemctl_lines("SubState"),
             re.compile(r"systemctl show .*UnitFileState"): self.systemctl_lines("UnitFileState"),
         }
@@ -138,6 +162,8 @@ def converged_ubuntu_2004(data: dict[str, Any]) -> FakeHost:
         host.files[keyring_path] = keyring
         host.files[f"{SOURCES_DIR}/{repository}.list"] = source_line(url, keyring_path).encode()
     host.files[NOUVEAU_BLACKLIST_PATH] = NOUVEAU_BLACKLIST.encode()
+    host.files[PERSISTENCED_DROPIN_PATH] = PERSISTENCED_DROPIN.encode()
+    host.links[PERSISTENCED_BOOT_LINK] = PERSISTENCED_UNIT
     for path, text in environment_files(settings["cuda_version"]).items():
         host.files[path] = text.encode()
     host.files[DAEMON_JSON_PATH] = render_daemon_config(

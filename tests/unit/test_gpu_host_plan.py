@@ -74,7 +74,9 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
         "Kernel headers for the running kernel (5.4.0-150-generic)",
         "Blacklist nouveau",
         "NVIDIA driver 470.182.03 (pinned, held)",
-        "nvidia-persistenced enabled and running",
+        "nvidia-persistenced in persistence mode",
+        "nvidia-persistenced started at boot",
+        "nvidia-persistenced running",
         "CUDA toolkit 11.2.2 (pinned, held)",
         "CUDA on PATH and the loader path",
         "/usr/local/cuda -> CUDA 11.2",
@@ -135,6 +137,8 @@ def test_converged_host_plans_no_change() -> None:
     # Only the handlers remain, and their triggers have nothing to change.
     assert [op.name.split(" | ")[-1] for op in operations] == [
         "Rebuild the initramfs without nouveau",
+        "Reload systemd units",
+        "Restart nvidia-persistenced for its new settings",
         "Refresh the loader cache",
         "Restart docker for the new daemon.json",
     ]

@@ -226,13 +226,13 @@ def test_debian_subset_holds_the_full_closure(apt: PrivateApt) -> None:
     assert {"docker.io", "containerd", "runc", "dkms", "gcc"} <= versions.keys()
 
 
-def test_cached_tree_is_reused_quickly(repo_tree: RepoTree) -> None:
+def test_cached_tree_is_reused_quickly(repo_tree: RepoTree, tmp_path: Path) -> None:
     started = time.monotonic()
     again = build_repos(default_cache_dir(), [SUITE])
     assert time.monotonic() - started < 1
     assert again == repo_tree
     shown = subprocess.run(
-        ["gpg", "--show-keys", "--with-colons", str(again.key_path)],
+        ["gpg", "--homedir", str(tmp_path), "--show-keys", "--with-colons", str(again.key_path)],
         capture_output=True,
         text=True,
         check=True,

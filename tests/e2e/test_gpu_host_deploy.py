@@ -1,0 +1,251 @@
+"""
+deploys/gpu_host.py end to end on booted test hosts: converge from bare, change nothing the
+second time, keep what the user had, refuse bad input without touching the host, finish an
+interrupted run, and report a broken host in a fleet by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hosts.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
+from tests.hosts.images import build_image_tarball, import_image
+from tests.hosts.runs import DeployRun, repo_data, run_deploy
+from tests.hosts.standin_repo import REPO_HOST, RepoTree
+
+pytestmark = pytest.mark.e2e
+
+TEST_IMAGE = "gpufleet-test/debian:bookworm"
+USER_DAEMON_CONFIG = {
+    "log-driver": "json-file",
+    "log-opts": {"max-size": "10m", "max-file": "3"},
+    "registry-mirrors": ["https://registry-mirror.internal.invalid"],
+    "runtimes": {"runc-debug": {"path": "/usr/bin/runc", "runtimeArgs": ["--debug"]}},
+}
+# What a host's state is compared on: every package, every hold, every file under /etc.
+SNAPSHOT = (
+    "dpkg-query -W -f '${Package} ${Version} ${Status}\\n'; echo '-- holds'; apt-mark showhold; "
+    "echo '-- etc'; find /etc -xdev -type f ! -name ld.so.cache -print0 | sort -z "
+    "| xargs -0 sha256sum; echo '-- links'; find /etc /usr/local -xdev -type l -printf '%p %l\\n'"
+    " | sort"
+)
+
+
+def inventory(
+    fleet: Fleet,
+    tmp_path: Path,
+    repo: RepoTree,
+    data: dict[str, Any] | None = None,
+    host_data: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    return fleet.write_inventory(
+        tmp_path / f"inventory_{fleet.prefix}.py", {**repo_data(repo), **(data or {})}, host_data
+    )
+
+
+def ssh_ok(fleet: Fleet, host: TestHost, command: str) -> str:
+    result = fleet.ssh(host, command)
+    assert result.returncode == 0, f"{command}: {result.stderr}"
+    return result.stdout
+
+
+def docker_started(fleet: Fleet, host: TestHost) -> str:
+    return ssh_ok(
+        fleet, host, "systemctl show docker -p MainPID -p ActiveEnterTimestampMonotonic"
+    ).strip()
+
+
+def assert_converged(run: DeployRun) -> None:
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.failed() == {}
+
+
+def run_spec_suite(fleet: Fleet, host: TestHost, data: dict[str, Any], tmp_path: Path) -> None:
+    """The testinfra specification suite, from the controller namespace, against ``host``."""
+    data_file = tmp_path / "gpufleet-data.json"
+    data_file.write_text(json.dumps(data))
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        f"Host {host.address}\n  User root\n  IdentityFile {fleet.ssh_key}\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+    )
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/testinfra",
+        f"--hosts=ssh://{host.address}", f"--ssh-config={ssh_config}",
+        f"--gpufleet-data={data_file}", f"--container-image={TEST_IMAGE}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        fleet.controller.command(command), cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_bare_host_converges_then_changes_nothing(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, cache_dir: Path, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=1)
+    (host,) = fleet.hosts
+    data = {**repo_data(repo_tree), "docker_daemon_config": {"default-shm-size": "1G"}}
+    path = inventory(fleet, tmp_path, repo_tree, data)
+    assert "docker.io" not in ssh_ok(fleet, host, "dpkg-query -W -f '${Package}\\n'").split()
+
+    first = run_deploy(fleet, path)
+    assert_converged(first)
+    assert "NVIDIA driver 470.182.03 (pinned, held)" in " ".join(first.changed()[host.address])
+    started = docker_started(fleet, host)
+
+    second = run_deploy(fleet, path)
+    assert_converged(second)
+    assert second.changed() == {}, second.changed()
+    assert docker_started(fleet, host) == started
+
+    import_image(fleet, host, build_image_tarball("bookworm", cache_dir, []), TEST_IMAGE)
+    run_spec_suite(fleet, host, data, tmp_path)
+
+
+def test_users_docker_daemon_json_and_holds_are_kept(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    # Debian 11 with docker already installed and configured by its user.
+    fleet = fleet_factory(count=1, suite="bullseye")
+    (host,) = fleet.hosts
+    ssh_ok(fleet, host, "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+                        "apt-get install -y -q --no-install-recommends docker.io")  # fmt: skip
+    ssh_ok(
+        fleet, host, f"cat > /etc/docker/daemon.json <<'EOF'\n{json.dumps(USER_DAEMON_CONFIG)}\nEOF"
+    )
+    ssh_ok(fleet, host, "apt-mark hold procps && systemctl restart docker")
+    path = inventory(fleet, tmp_path, repo_tree)
+
+    assert_converged(run_deploy(fleet, path))
+    config = json.loads(ssh_ok(fleet, host, "cat /etc/docker/daemon.json"))
+    assert config == {
+        **USER_DAEMON_CONFIG,
+        "runtimes": {
+            **USER_DAEMON_CONFIG["runtimes"],
+            "nvidia": {"path": "nvidia-container-runtime", "args": []},
+        },
+        "default-runtime": "nvidia",
+    }
+    backup = json.loads(ssh_ok(fleet, host, "cat /etc/docker/daemon.json.before-gpufleet"))
+    assert backup == USER_DAEMON_CONFIG
+    assert "procps" in ssh_ok(fleet, host, "apt-mark showhold").split()
+    runtimes = json.loads(ssh_ok(fleet, host, "docker info --format '{{json .Runtimes}}'"))
+    assert {"nvidia", "runc-debug"} <= set(runtimes)
+
+    started = docker_started(fleet, host)
+    second = run_deploy(fleet, path)
+    assert_converged(second)
+    assert second.changed() == {}
+    assert docker_started(fleet, host) == started
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nvidia_driver_branch": "450", "nvidia_driver_version": "450.51"},
+         "nvidia_driver_version = '450.51' is too old for CUDA 11.2.2"),
+        ({"cuda_version": "11.9"}, "cuda_version = '11.9' is not a CUDA release gpufleet knows"),
+        ({"cuda_version": "12.2", "cuda_package_version": "12.2.2", "nvidia_driver_branch": "535",
+          "nvidia_driver_version": "535.183.01", "tensorflow_image": "example/custom:1"},
+         "cudnn_version = '8.1.1.33': cuDNN 8.1 was built for CUDA 10.2, 11.2"),
+        ({"nvidia_cuda_repo_url": None},
+         "NVIDIA's debian12 repository does not carry CUDA 11.2"),
+    ],
+)  # fmt: skip
+def test_refused_input_leaves_the_host_byte_for_byte_unchanged(
+    fleet_factory: FleetFactory,
+    repo_tree: RepoTree,
+    tmp_path: Path,
+    data: dict[str, Any],
+    message: str,
+) -> None:
+    fleet = fleet_factory(count=1)
+    (host,) = fleet.hosts
+    before = ssh_ok(fleet, host, SNAPSHOT)
+    run = run_deploy(fleet, inventory(fleet, tmp_path, repo_tree, data))
+    assert run.returncode != 0
+    assert "refusing to deploy, nothing was changed on the host" in run.output
+    assert message in run.output
+    assert ssh_ok(fleet, host, SNAPSHOT) == before
+
+
+def test_daemon_json_that_does_not_parse_is_left_as_it_was(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=1)
+    (host,) = fleet.hosts
+    broken = '{"log-driver": "json-file",, }'
+    ssh_ok(
+        fleet, host, f"mkdir -p /etc/docker && printf '%s\\n' '{broken}' > /etc/docker/daemon.json"
+    )
+    before = ssh_ok(fleet, host, SNAPSHOT)
+    run = run_deploy(fleet, inventory(fleet, tmp_path, repo_tree))
+    assert run.returncode != 0
+    assert "/etc/docker/daemon.json does not parse (line 1 column 28" in run.output
+    assert ssh_ok(fleet, host, "cat /etc/docker/daemon.json") == broken + "\n"
+    assert ssh_ok(fleet, host, SNAPSHOT) == before
+
+
+def test_interrupted_run_is_finished_by_the_next(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=1)
+    (host,) = fleet.hosts
+    path = inventory(fleet, tmp_path, repo_tree)
+    command = fleet.controller.command([str(Path(sys.executable).parent / "pyinfra"), "-y",
+                                        str(path), "deploys/gpu_host.py"])  # fmt: skip
+    controller = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        # Kill the controller while dpkg is unpacking the NVIDIA packages on the host.
+        deadline = time.monotonic() + 600
+        while "nvidia" not in fleet.ssh(host, "pgrep -a dpkg || true").stdout:
+            assert controller.poll() is None, "the run ended before dpkg unpacked NVIDIA packages"
+            assert time.monotonic() < deadline, "dpkg never unpacked an NVIDIA package"
+            time.sleep(0.2)
+    finally:
+        os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait()
+
+    assert_converged(run_deploy(fleet, path))
+    again = run_deploy(fleet, path)
+    assert_converged(again)
+    assert again.changed() == {}
+
+
+def test_fleet_of_eight_converges_around_one_broken_host(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=8)
+    broken = fleet.hosts[3]
+    # Its CUDA mirror is a port nothing listens on: apt cannot reach the repository.
+    unreachable = {"nvidia_cuda_repo_url": f"http://{REPO_HOST}:8099/cuda/repos/ubuntu2004/x86_64/"}
+    path = inventory(fleet, tmp_path, repo_tree, host_data={broken.name: unreachable})
+
+    run = run_deploy(fleet, path)
+    assert run.returncode != 0
+    assert run.results is not None, run.output[-4000:]
+    assert run.results["failed_hosts"] == [broken.address]
+    assert broken.address in run.output
+    healthy = [host for host in fleet.hosts if host is not broken]
+    for host in healthy:
+        versions = ssh_ok(
+            fleet, host, "nvidia-smi --query-gpu=driver_version --format=csv,noheader"
+        )
+        assert versions.strip() == "470.182.03"
+    again = run_deploy(fleet, path, "--limit", ",".join(host.address for host in healthy))
+    assert_converged(again)
+    assert again.changed() == {}

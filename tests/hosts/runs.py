@@ -1,0 +1,74 @@
+"""
+Running gpufleet's deploys on a test fleet and reading what they did, for the end-to-end tests,
+the sandbox and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.hosts.fleet import Fleet
+from tests.hosts.standin_repo import RepoTree
+
+
+def repo_data(repo: RepoTree) -> dict[str, Any]:
+    """Inventory data pointing gpufleet at the stand-in NVIDIA repositories (an explicit mirror)."""
+    return {
+        "nvidia_cuda_repo_url": repo.cuda_repo_url,
+        "nvidia_cuda_repo_key_url": repo.key_url,
+        "nvidia_cuda_repo_key_fingerprint": repo.key_fingerprint,
+        "nvidia_container_repo_url": repo.container_repo_url,
+        "nvidia_container_repo_key_url": repo.key_url,
+        "nvidia_container_repo_key_fingerprint": repo.key_fingerprint,
+    }
+
+
+@dataclass
+class DeployRun:
+    """One `pyinfra -y --json` run: its process and, when it got that far, its results."""
+
+    process: subprocess.CompletedProcess[str]
+    results: dict[str, Any] | None
+
+    @property
+    def output(self) -> str:
+        return self.process.stdout + self.process.stderr
+
+    @property
+    def returncode(self) -> int:
+        return self.process.returncode
+
+    def changed(self) -> dict[str, list[str]]:
+        """Host address -> names of the operations that changed something there."""
+        changed: dict[str, list[str]] = {}
+        for operation in (self.results or {}).get("operations", []):
+            for host in operation["success"]:
+                changed.setdefault(host, []).append(operation["name"])
+        return changed
+
+    def failed(self) -> dict[str, list[str]]:
+        """Host address -> names of the operations that failed there."""
+        failed: dict[str, list[str]] = {}
+        for operation in (self.results or {}).get("operations", []):
+            for host in operation["error"]:
+                failed.setdefault(host, []).append(operation["name"])
+        return failed
+
+
+def run_deploy(
+    fleet: Fleet,
+    inventory: Path,
+    deploy: str = "deploys/gpu_host.py",
+    *extra: str,
+    timeout: float = 1800,
+) -> DeployRun:
+    process = fleet.run_pyinfra("--json", str(inventory), deploy, *extra, timeout=timeout)
+    try:
+        payload = json.loads(process.stdout)
+    except json.JSONDecodeError:
+        payload = {}
+    return DeployRun(process, payload.get("results"))
