@@ -240,7 +240,7 @@ def test_fleet_of_eight_converges_around_one_broken_host(
     assert run.results is not None, run.output[-4000:]
     assert run.results["failed_hosts"] == [broken.address]
     assert broken.address in run.output
-    healthy = [host for host in fleet.hosts if host is not broken]
+    healthy = [host for host in fleet.hosts if host.name != broken.name]
     for host in healthy:
         versions = ssh_ok(
             fleet, host, "nvidia-smi --query-gpu=driver_version --format=csv,noheader"

@@ -62,11 +62,12 @@ class DeployRun:
 def run_deploy(
     fleet: Fleet,
     inventory: Path,
+    *options: str,
     deploy: str = "deploys/gpu_host.py",
-    *extra: str,
     timeout: float = 1800,
 ) -> DeployRun:
-    process = fleet.run_pyinfra("--json", str(inventory), deploy, *extra, timeout=timeout)
+    """`pyinfra -y --json [options] inventory deploy` in the fleet's controller namespace."""
+    process = fleet.run_pyinfra("--json", *options, str(inventory), deploy, timeout=timeout)
     try:
         payload = json.loads(process.stdout)
     except json.JSONDecodeError:
