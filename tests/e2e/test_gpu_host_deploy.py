@@ -25,7 +25,7 @@ from tests.hosts.standin_repo import REPO_HOST, RepoTree
 pytestmark = pytest.mark.e2e
 
 TEST_IMAGE = "gpufleet-test/debian:bookworm"
-USER_DAEMON_CONFIG = {
+USER_DAEMON_CONFIG: dict[str, Any] = {
     "log-driver": "json-file",
     "log-opts": {"max-size": "10m", "max-file": "3"},
     "registry-mirrors": ["https://registry-mirror.internal.invalid"],
