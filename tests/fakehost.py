@@ -72,10 +72,9 @@ class FakeHost:
         target = self.links.get(path)
         if target is None:
             return []
+        owner = "user=root group=root mode=lrwxrwxrwx"
         times = "atime=1700000000 mtime=1700000000 ctime=1700000000"
-        return [
-            f"user=root group=root mode=lrwxrwxrwx {times} size={len(target)} '{path}' -> '{target}'"
-        ]
+        return [f"{owner} {times} size={len(target)} '{path}' -> '{target}'"]
 
     def daemon_json_lines(self) -> list[str]:
         data = self.files.get(DAEMON_JSON_PATH)
