@@ -103,7 +103,7 @@ def recipe_digest(recipe: dict[str, object]) -> str:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def locked(lock_path: Path) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -133,7 +133,7 @@ def cached_build(
     so an interrupted build never looks cached.
     """
     target = cache_dir / f"{kind}-{recipe_digest(recipe)}{suffix}"
-    with _locked(cache_dir / f"{kind}.lock"):
+    with locked(cache_dir / f"{kind}.lock"):
         if target.exists():
             return target
         temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")

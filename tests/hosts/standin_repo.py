@@ -21,7 +21,6 @@ The fleet serves ``RepoTree.root`` at http://10.213.0.1:8080/:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import platform
@@ -29,15 +28,14 @@ import pwd
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
-from tests.hosts.rootfs import HOST_PACKAGES
+from tests.hosts.rootfs import HOST_PACKAGES, locked
 
 REPO_HOST = "10.213.0.1"
 REPO_PORT = 8080
@@ -936,17 +934,6 @@ class PrivateApt:
             "-o", f"Dir::Cache::archives={nothing_cached}", *packages,
         ).stdout  # fmt: skip
         return {name: url for url, name in re.findall(r"^'(\S+)' (\S+) ", output, re.MULTILINE)}
-
-
-@contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 class ArchiveKey:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from deploys.nvidia_driver import driver_packages as gpufleet_driver_pins
 from tests.hosts.standin_repo import (
     CONTAINER_REPO_PATH,
     CUDA_REPO_PATH,
@@ -136,33 +137,13 @@ def test_pinning_cuda_drivers_470_alone_does_not_pin_the_driver(apt: PrivateApt)
     assert versions["nvidia-driver-470"] == "470.239.06-1"
 
 
-# Every package cuda-drivers-470 and nvidia-driver-470 name: apt resolves (>=) dependencies to
-# the newest build first, so each must be pinned for the (=) chain to hold.
-DRIVER_470_FAMILY = (
-    "cuda-drivers-470",
-    "nvidia-driver-470",
-    "nvidia-dkms-470",
-    "nvidia-kernel-common-470",
-    "nvidia-kernel-source-470",
-    "libnvidia-common-470",
-    "libnvidia-gl-470",
-    "libnvidia-compute-470",
-    "libnvidia-extra-470",
-    "libnvidia-decode-470",
-    "libnvidia-encode-470",
-    "libnvidia-cfg1-470",
-    "libnvidia-ifr1-470",
-    "libnvidia-fbc1-470",
-    "xserver-xorg-video-nvidia-470",
-    "nvidia-utils-470",
-    "nvidia-compute-utils-470",
-)
-
-
-def test_pinned_driver_family_resolves_to_one_release(apt: PrivateApt) -> None:
-    versions = apt.simulate_install(*(f"{name}=470.182.03-1" for name in DRIVER_470_FAMILY))
+def test_gpufleets_driver_pins_resolve_to_one_release(apt: PrivateApt) -> None:
+    # apt resolves (>=) dependencies to the newest build first: gpufleet pins every package of
+    # the family, and real apt must then install exactly that release.
+    pins = gpufleet_driver_pins("470", "470.182.03")
+    versions = apt.simulate_install(*(f"{name}={pattern}" for name, pattern in pins.items()))
     driver_packages = {name: v for name, v in versions.items() if name.endswith("-470")}
-    assert driver_packages.keys() == set(DRIVER_470_FAMILY)
+    assert driver_packages.keys() == set(pins)
     assert set(driver_packages.values()) == {"470.182.03-1"}
     assert "dkms" in versions
 
