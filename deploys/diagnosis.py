@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # the facts modules import pyinfra; only their shapes are nee
 LAYERS = ("hardware", "driver", "cuda", "container", "framework")
 
 NVIDIA_PCI_VENDOR = "10de"
+# The TensorFlow the host test (tensorflow_host_test) installs in its virtualenv.
+HOST_TENSORFLOW_VERSION = "2.9.0"
 
 LayerState = Literal["ok", "broken", "unverified", "not reached"]
 HostState = Literal["ok", "broken", "unverified"]
@@ -63,6 +65,9 @@ class HostEvidence(TypedDict, total=False):
     container_gpu_run: CommandRun | None  # `docker run --rm --gpus all IMAGE nvidia-smi -L`
     smoke_test: dict[str, Any] | None  # tf_smoke_test.py's JSON line, parsed
     smoke_test_output: str | None  # everything the smoke test run printed
+    # The same on the host itself (tensorflow_host_test); absent when not asked for.
+    host_smoke_test: dict[str, Any] | None
+    host_smoke_test_output: str | None
 
 
 class Check(TypedDict):
@@ -508,29 +513,64 @@ def check_container_gpus(evidence: HostEvidence, expectations: Expectations) -> 
     )
 
 
-def parse_smoke_test_output(stdout: str) -> dict[str, Any] | None:
-    """tf_smoke_test.py's report: the JSON object on the last non-empty stdout line."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        return None
-    try:
-        report = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return None
-    return report if isinstance(report, dict) else None
+def parse_smoke_test_output(output: str) -> dict[str, Any] | None:
+    """
+    tf_smoke_test.py's report: the last line that is a JSON object. It prints the report last on
+    stdout, but stderr merged into the same output (docker's, TensorFlow's at exit) may follow.
+    """
+    for line in reversed(output.splitlines()):
+        if not line.startswith("{"):
+            continue
+        try:
+            report = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(report, dict):
+            return report
+    return None
 
 
 def check_framework(evidence: HostEvidence, expectations: Expectations) -> list[Check]:
     image = expectations.tensorflow_image
-    report = evidence.get("smoke_test")
-    output = evidence.get("smoke_test_output") or ""
+    checks = smoke_test_checks(
+        evidence.get("smoke_test"),
+        evidence.get("smoke_test_output") or "",
+        evidence,
+        expectations,
+        where=f"in {image}",
+        install_fix=f"run the smoke test in {image}",
+    )
+    if "host_smoke_test_output" in evidence:
+        host_checks = smoke_test_checks(
+            evidence.get("host_smoke_test"),
+            evidence.get("host_smoke_test_output") or "",
+            evidence,
+            expectations,
+            where="on the host",
+            install_fix=f"install tensorflow=={HOST_TENSORFLOW_VERSION} (a GPU build) in the "
+            f"host's virtualenv ({RERUN} with tensorflow_host_test)",
+        )
+        checks += [{**check, "name": f"on the host: {check['name']}"} for check in host_checks]
+    return checks
+
+
+def smoke_test_checks(
+    report: dict[str, Any] | None,
+    output: str,
+    evidence: HostEvidence,
+    expectations: Expectations,
+    where: str,
+    install_fix: str,
+) -> list[Check]:
+    """The checks of one smoke test run: ``where`` it ran, ``install_fix`` for a TensorFlow that
+    is missing or CPU-only there."""
     if report is None:
         name = "smoke test reported"
         if not output:
             return [unverified(name, "smoke test not run")]
         problem, fix = explain(output, expectations) or (
             "the smoke test crashed before reporting",
-            f"run it by hand in {image} and read its output",
+            f"run it by hand {where} and read its output",
         )
         return [failed(name, first_line(output[-2000:]), problem, fix)]
     version = report.get("tensorflow_version") or "not importable"
@@ -541,7 +581,7 @@ def check_framework(evidence: HostEvidence, expectations: Expectations) -> list[
                 "TensorFlow imports",
                 error,
                 "TensorFlow cannot be imported where the smoke test ran",
-                f"run the smoke test in {image}",
+                install_fix,
             )
         ]
     checks = [
@@ -550,7 +590,7 @@ def check_framework(evidence: HostEvidence, expectations: Expectations) -> list[
             bool(report.get("built_with_cuda")),
             f"TensorFlow {version}, is_built_with_cuda={report.get('built_with_cuda')}",
             "this TensorFlow is a CPU-only build",
-            f"run the smoke test in {image}",
+            install_fix,
         )
     ]
     if not report.get("built_with_cuda"):
@@ -559,7 +599,7 @@ def check_framework(evidence: HostEvidence, expectations: Expectations) -> list[
     wanted = host_gpu_count(evidence) or expectations.expected_gpu_count or 1
     problem, fix = explain(f"{error}\n{output}", expectations) or (
         f"TensorFlow sees {len(gpus)} of {wanted} GPUs",
-        f"run the smoke test with --gpus all in {image}",
+        f"run the smoke test with --gpus all in {expectations.tensorflow_image}",
     )
     checks.append(
         outcome(

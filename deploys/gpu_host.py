@@ -4,7 +4,8 @@ gpufleet's main deploy: a bare apt-based host to a pinned, held, configured NVID
     pyinfra inventories/<fleet>.py deploys/gpu_host.py
 
 Before the first operation it reads the host in one round trip and checks the requested stack
-against the compatibility planner; a refused host is left exactly as it was.
+against the compatibility planner; a refused host is left exactly as it was. At the end it
+verifies the host (deploys/verify.py) unless `gpu_verify` is false.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from deploys import compat
 from deploys.cuda import cuda_repository, cuda_toolkit
 from deploys.cudnn import cudnn, cudnn_packages
 from deploys.docker import DAEMON_JSON_PATH, daemon_config_problem, docker
+from deploys.driver_upgrade import prepare_driver_change
 from deploys.nvidia_container import container_toolkit_packages, nvidia_container_toolkit
-from deploys.nvidia_driver import driver_packages, nvidia_driver
+from deploys.nvidia_driver import DRIVER_PACKAGE_PATTERNS, driver_packages, nvidia_driver
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from deploys.verify import verify
 from facts.gpu_host import GpuHostState
 
 
 def managed_packages(settings: GpuSettings) -> list[str]:
-    """Every package gpufleet pins, for the one-round-trip host read."""
+    """Every package gpufleet pins, and every driver branch's, for the one-round-trip host read."""
     packages = {
+        **dict.fromkeys(DRIVER_PACKAGE_PATTERNS),
         **driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
         compat.cuda_package_name(settings.cuda_version): None,
         **cudnn_packages(settings.cudnn_version, settings.cuda_version),
@@ -46,6 +50,8 @@ def gpu_host() -> None:
     if daemon_problem:
         problems.append(daemon_problem)
     compat.refuse(host.name, problems)
+    if not prepare_driver_change(settings, host_state):
+        return
 
     cuda_repository(settings=settings, host_state=host_state)
     nvidia_driver(settings=settings, host_state=host_state)
@@ -53,6 +59,8 @@ def gpu_host() -> None:
     cudnn(settings=settings)
     nvidia_container_toolkit(settings=settings)
     docker(settings=settings)
+    if settings.gpu_verify:
+        verify(settings=settings)
 
 
 # `pyinfra INVENTORY deploys/gpu_host.py` executes this file instead of importing it.

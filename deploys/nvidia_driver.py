@@ -9,17 +9,22 @@ is pinned to the same version.
 from __future__ import annotations
 
 import logging
+import re
+import shlex
+import time
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.api import FunctionCommand, StringCommand, deploy, operation
+from pyinfra.api.exceptions import OperationError
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
 from deploys import apt, files
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from facts.apt import DebPackageState
 from facts.gpu_host import GpuHostState, GpuHostStateInfo
-from facts.nvidia import NvidiaKernelInfo
+from facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
 
 # The driver family of one branch, as NVIDIA's Ubuntu driver packages name it.
 DRIVER_PACKAGE_FAMILY = (
@@ -41,6 +46,18 @@ DRIVER_PACKAGE_FAMILY = (
     "libnvidia-fbc1-{branch}",
     "xserver-xorg-video-nvidia-{branch}",
 )
+
+# NvIFR (libnvidia-ifr1-<branch>) was dropped from the driver in R495.
+LAST_BRANCH_WITH_IFR = 470
+# Every installed driver branch, whatever the pin: a glob per family member for dpkg-query.
+DRIVER_PACKAGE_PATTERNS = tuple(name.format(branch="[0-9]*") for name in DRIVER_PACKAGE_FAMILY)
+_FAMILY_MEMBER = re.compile(
+    "|".join(re.escape(name).replace(r"\{branch\}", r"(\d+)") for name in DRIVER_PACKAGE_FAMILY)
+)
+# nvidia-smi's words when the loaded kernel module is not the installed libraries' version.
+VERSION_MISMATCH = "Driver/library version mismatch"
+# Dependent modules first: the order `modprobe -r` needs.
+MODULE_UNLOAD_ORDER = ("nvidia_drm", "nvidia_modeset", "nvidia_uvm", "nvidia")
 
 NOUVEAU_BLACKLIST_PATH = "/etc/modprobe.d/blacklist-nouveau.conf"
 NOUVEAU_BLACKLIST = (
@@ -66,23 +83,125 @@ logger = logging.getLogger("pyinfra")
 
 def driver_packages(branch: str, version: str) -> dict[str, str | None]:
     """Every package of the branch's family, pinned to one upstream version (any revision)."""
-    return {name.format(branch=branch): f"{version}-*" for name in DRIVER_PACKAGE_FAMILY}
+    return {
+        name.format(branch=branch): f"{version}-*"
+        for name in DRIVER_PACKAGE_FAMILY
+        if name != "libnvidia-ifr1-{branch}" or int(branch) <= LAST_BRANCH_WITH_IFR
+    }
 
 
-def reboot_reason(kernel: NvidiaKernelInfo, driver_version: str) -> str | None:
-    """Why the pinned driver cannot take effect without a reboot, or None when it can."""
+def upstream_version(debian_version: str) -> str:
+    """``470.182.03-1`` -> ``470.182.03`` (epoch and Debian revision dropped)."""
+    return debian_version.split(":")[-1].rsplit("-", 1)[0]
+
+
+def installed_driver_version(packages: dict[str, DebPackageState]) -> str | None:
+    """The upstream version of the installed nvidia-driver-<branch>, None without one."""
+    for name, state in sorted(packages.items()):
+        if re.fullmatch(r"nvidia-driver-\d+", name) and state["installed"]:
+            return upstream_version(state["version"])
+    return None
+
+
+def replaced_driver_packages(packages: dict[str, DebPackageState], branch: str) -> list[str]:
+    """Installed or held packages of another branch's driver family (a branch change)."""
+    return sorted(
+        name
+        for name, state in packages.items()
+        if (state["installed"] or state["held"])
+        and (member := _FAMILY_MEMBER.fullmatch(name))
+        and next(b for b in member.groups() if b) != branch
+    )
+
+
+def loaded_module_version(kernel: NvidiaKernelInfo, smi: NvidiaSmiInfo | None) -> str | None:
+    """
+    The NVIDIA kernel module version running now: /proc/driver/nvidia/version, or else the
+    driver version nvidia-smi reports (NVML reads it from the loaded module).
+    """
+    if kernel["loaded_driver_version"]:
+        return kernel["loaded_driver_version"]
+    if smi is not None and smi["error"] is None:
+        return smi["driver_version"]
+    return None
+
+
+def module_change_reason(
+    kernel: NvidiaKernelInfo, smi: NvidiaSmiInfo | None, driver_version: str
+) -> str | None:
+    """Why the running kernel does not have the pinned driver's module, None when it does."""
     if kernel["nouveau_loaded"]:
         return "the nouveau module is loaded; the NVIDIA driver can only load after a reboot"
-    loaded = kernel["loaded_driver_version"]
+    if smi is not None and VERSION_MISMATCH in (smi["error"] or ""):
+        return f"the loaded kernel module is not the installed driver's ({VERSION_MISMATCH})"
+    loaded = loaded_module_version(kernel, smi)
     if loaded and loaded != driver_version:
-        return f"kernel module {loaded} is loaded, {driver_version} is installed"
+        return f"kernel module {loaded} is loaded, {driver_version} is pinned"
     return None
+
+
+def can_reload_modules(kernel: NvidiaKernelInfo) -> bool:
+    """modprobe can only swap modules the kernel lists (not nouveau, which needs a reboot)."""
+    return bool(kernel["nvidia_modules"]) and not kernel["nouveau_loaded"]
+
+
+def reload_modules_command(loaded_modules: list[str]) -> str:
+    """
+    Unload the NVIDIA modules and load the installed ones, with nvidia-persistenced (which holds
+    the devices open) stopped meanwhile. The kernel refuses to unload a module still in use.
+    """
+    unload = [name for name in MODULE_UNLOAD_ORDER if name in loaded_modules]
+    return (
+        "systemctl stop nvidia-persistenced; "
+        f"if modprobe -r {' '.join(unload)}; then modprobe -a {' '.join(reversed(unload))}; "
+        "status=$?; else status=1; echo "
+        + shlex.quote("the NVIDIA kernel modules are still in use: reboot required")
+        + " >&2; fi; systemctl start nvidia-persistenced; exit $status"
+    )
+
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id(host) -> str | None:
+    succeeded, output = host.run_shell_command(StringCommand("cat", BOOT_ID_PATH))
+    return output.stdout.strip() if succeeded else None
+
+
+@operation(is_idempotent=False)
+def reboot(reboot_timeout: int = 600, interval: float = 2.0):
+    """
+    Reboot the host and wait until it is back, with a new boot id.
+
+    + reboot_timeout: seconds to wait for the host to come back
+    + interval: seconds between reconnection attempts
+
+    Unlike pyinfra's server.reboot, which compares uptimes, this also works in containers and
+    VMs that show the machine's /proc/uptime (the kernel gives every boot, and systemd-nspawn
+    every container boot, a new boot id).
+    """
+    boot_ids: list[str | None] = []
+    yield FunctionCommand(lambda state, host: boot_ids.append(boot_id(host)), (), {})
+    # Detached, so the ssh channel closes before the connection dies.
+    yield StringCommand("( sleep 1 && reboot ) </dev/null >/dev/null 2>&1 &")
+
+    def wait_for_new_boot(state, host) -> bool:
+        host.disconnect()
+        deadline = time.monotonic() + reboot_timeout
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            host.connect(show_errors=False)
+            if host.connected and boot_id(host) not in (None, boot_ids[0]):
+                return True
+        raise OperationError(f"the host did not come back within {reboot_timeout}s")
+
+    yield FunctionCommand(wait_for_new_boot, (), {})
 
 
 @operation()
 def reboot_required(reason: str):
     """
-    Say loudly, at the end of the run, that the host needs a reboot gpufleet may not do.
+    Stop the host: the driver needs a reboot gpufleet may not do.
 
     + reason: why the reboot is needed
     """
@@ -91,11 +210,31 @@ def reboot_required(reason: str):
         "Reboot the host when its jobs allow, or re-run with gpu_reboot_allowed: true."
     )
 
-    def warn(state, host) -> bool:
-        host.log_styled(message, fg="yellow", bold=True, log_func=logger.warning)
-        return True
+    def stop(state, host) -> bool:
+        host.log_styled(message, fg="yellow", bold=True, log_func=logger.error)
+        return False
 
-    yield FunctionCommand(warn, (), {})
+    yield FunctionCommand(stop, (), {})
+
+
+@deploy("Load the pinned NVIDIA kernel module")
+def activate_driver(settings: GpuSettings, host_state: GpuHostStateInfo) -> None:
+    """Reload the NVIDIA modules when nothing holds them, or reboot, or stop the host."""
+    kernel = host_state["nvidia_kernel"]
+    # The loaded module only changes at a reload or a reboot, so this need does not depend on
+    # whether this run changed anything: an earlier run may have installed and stopped.
+    reason = module_change_reason(kernel, host_state["nvidia_smi"], settings.nvidia_driver_version)
+    if reason is None:
+        return
+    if can_reload_modules(kernel):
+        server.shell(
+            name=f"Reload the NVIDIA kernel modules: {reason}",
+            commands=[reload_modules_command(list(kernel["nvidia_modules"]))],
+        )
+    elif settings.gpu_reboot_allowed:
+        reboot(name=f"Reboot: {reason}")
+    else:
+        reboot_required(name="Reboot required", reason=reason)
 
 
 @deploy("NVIDIA driver", data_defaults=DATA_DEFAULTS)
@@ -119,6 +258,17 @@ def nvidia_driver(
         commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
         _if=blacklist.did_change,
     )
+    replaced = replaced_driver_packages(host_state["packages"], settings.nvidia_driver_branch)
+    if replaced:
+        # Two branches' packages ship the same files: the old family goes first. Interrupted
+        # here, the host has no driver and no hold, and the next run installs the new branch.
+        server.shell(
+            name=f"Remove the driver packages replaced by branch {settings.nvidia_driver_branch}",
+            commands=[
+                f"dpkg --configure -a && {apt.APT_GET} purge --allow-change-held-packages "
+                + " ".join(shlex.quote(name) for name in replaced)
+            ],
+        )
     apt.pinned_packages(
         name=f"NVIDIA driver {settings.nvidia_driver_version} (pinned, held)",
         packages=driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
@@ -140,12 +290,4 @@ def nvidia_driver(
         restarted=True,
         _if=persistenced.did_change,
     )
-    reason = reboot_reason(host_state["nvidia_kernel"], settings.nvidia_driver_version)
-    if reason is None:
-        return
-    # The loaded kernel modules only change at a reboot, so this need does not depend on
-    # whether this run changed anything: an earlier run may have installed without rebooting.
-    if settings.gpu_reboot_allowed:
-        server.reboot(name=f"Reboot: {reason}", delay=10, reboot_timeout=600)
-    else:
-        reboot_required(name="Reboot required", reason=reason)
+    activate_driver(settings=settings, host_state=host_state)

@@ -34,6 +34,21 @@ DATA_DEFAULTS: dict[str, Any] = {
     "docker_daemon_config": {},
     "gpu_reboot_allowed": False,
     "tensorflow_image": "tensorflow/tensorflow:2.9.0-gpu",
+    # Verification (deploys/verify.py), run at the end of gpu_host unless gpu_verify is false.
+    "gpu_verify": True,
+    # None: at least one GPU.
+    "gpu_expected_count": None,
+    # Run the TensorFlow smoke test (the framework layer) in tensorflow_image.
+    "gpu_smoke_test": True,
+    # Also run it on the host, in a virtualenv with TensorFlow 2.9 (needs Python 3.7 to 3.10).
+    "tensorflow_host_test": False,
+    # Folder on the controller (relative to where pyinfra runs) for the per-host result JSON.
+    "gpu_results_dir": "results",
+    # Driver upgrades (deploys/driver_upgrade.py, deploys/rollout.py): hosts per batch, whether
+    # GPU containers may be stopped, and whether the verification includes the smoke test.
+    "upgrade_batch_size": 1,
+    "upgrade_drain": False,
+    "upgrade_smoke_test": False,
 }
 
 
@@ -64,6 +79,14 @@ class GpuSettings:
     docker_daemon_config: dict[str, Any] = field(default_factory=dict)
     gpu_reboot_allowed: bool = False
     tensorflow_image: str = "tensorflow/tensorflow:2.9.0-gpu"
+    gpu_verify: bool = True
+    gpu_expected_count: int | None = None
+    gpu_smoke_test: bool = True
+    tensorflow_host_test: bool = False
+    gpu_results_dir: str = "results"
+    upgrade_batch_size: int = 1
+    upgrade_drain: bool = False
+    upgrade_smoke_test: bool = False
 
     @property
     def stack_request(self) -> compat.StackRequest:
@@ -91,11 +114,28 @@ _OPTIONAL = {
     "docker_package",
     "docker_default_runtime",
 }
+_BOOLEANS = {
+    "gpu_reboot_allowed",
+    "gpu_verify",
+    "gpu_smoke_test",
+    "tensorflow_host_test",
+    "upgrade_drain",
+    "upgrade_smoke_test",
+}
+_NOT_STRINGS = {*_BOOLEANS, "gpu_expected_count", "docker_daemon_config", "upgrade_batch_size"}
 
 
 def _check_type(key: str, value: Any) -> str | None:
-    if key == "gpu_reboot_allowed":
+    if key in _BOOLEANS:
         return None if isinstance(value, bool) else "must be true or false"
+    if key == "gpu_expected_count":
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return None
+        return "must be a whole number of GPUs (at least 1), or None for at least one"
+    if key == "upgrade_batch_size":
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return None
+        return "must be a whole number of hosts (at least 1)"
     if key == "docker_daemon_config":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             return (
@@ -119,7 +159,7 @@ def read_settings(data: DataSource) -> GpuSettings:
         if (
             isinstance(value, (int, float))
             and not isinstance(value, bool)
-            and spec.name != "gpu_reboot_allowed"
+            and spec.name not in _NOT_STRINGS
         ):
             # YAML-ish inventories write 11.2 or 470 unquoted; the string is what was meant.
             value = str(value)

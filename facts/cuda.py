@@ -54,7 +54,8 @@ class CudaToolkits(FactBase[CudaToolkitsInfo]):
     def command(self) -> str:
         return (
             f"for dir in {CUDA_ROOT}/cuda-*; do "
-            '[ -d "$dir" ] || continue; '
+            # /usr/local/cuda-11 and the like are alternatives links to a real toolkit directory.
+            '[ -d "$dir" ] && [ ! -L "$dir" ] || continue; '
             "printf 'toolkit\\t%s\\t%s\\n' \"$dir\" "
             '"$("$dir/bin/nvcc" --version 2>/dev/null | grep \'Cuda compilation tools\')"; '
             "done; "

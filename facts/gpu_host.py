@@ -16,6 +16,7 @@ from facts.apt import DebPackageState, DebPackageStates, HeldPackages
 from facts.cuda import CudaToolkits, CudaToolkitsInfo
 from facts.cudnn import CudnnVersion
 from facts.docker import DockerDaemonConfig, DockerDaemonConfigInfo, DockerInfo, DockerInfoData
+from facts.gpu_users import GpuUsers, GpuUsersInfo
 from facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
 
 SECTION_MARKER = "@@gpufleet:section:"
@@ -127,6 +128,7 @@ class GpuHostStateInfo(TypedDict):
     docker_info: DockerInfoData | None
     dockerd_installed: bool
     python3_version: str | None
+    gpu_users: GpuUsersInfo
 
 
 # Section name -> the fact that gathers and parses it. Processing never needs the command
@@ -144,6 +146,7 @@ SECTION_FACTS: dict[str, FactBase] = {
     "docker_info": DockerInfo(),
     "dockerd_installed": CommandInstalled(),
     "python3_version": Python3Version(),
+    "gpu_users": GpuUsers(),
 }
 
 
@@ -169,7 +172,8 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     """
     Returns, in one round trip, what the individual facts return: os_release, kernel_release,
     nvidia_smi, nvidia_kernel, cuda, cudnn_version, packages (DebPackageStates of ``packages``),
-    held_packages, docker_daemon_config, docker_info, dockerd_installed and python3_version.
+    held_packages, docker_daemon_config, docker_info, dockerd_installed, python3_version and
+    gpu_users.
     """
 
     @staticmethod

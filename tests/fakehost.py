@@ -60,6 +60,8 @@ class FakeHost:
     cuda_default_path: str | None = None
     # unit -> (running, enabled)
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+    # `python3 --version` without "Python ", or None without python3
+    python3_version: str | None = None
 
     def dpkg_query_lines(self) -> list[str]:
         return [f"{name}\t{version}\t{status}" for name, (version, status) in self.packages.items()]
@@ -127,6 +129,7 @@ class FakeHost:
             },
             re.compile(r"systemctl show .*SubState"): self.systemctl_lines("SubState"),
             re.compile(r"systemctl show .*UnitFileState"): self.systemctl_lines("UnitFileState"),
+            "python3 --version": [f"Python {self.python3_version}"] if self.python3_version else [],
         }
 
 
@@ -135,6 +138,7 @@ def bare_ubuntu_2004() -> FakeHost:
         os_release=(FIXTURES / "os-release" / "ubuntu-20.04.6.txt").read_text(),
         kernel_release=UBUNTU_2004_KERNEL,
         services={"ssh.service": (True, True)},
+        python3_version="3.8.10",
     )
 
 
@@ -143,6 +147,7 @@ def bare_debian_12() -> FakeHost:
         os_release=(FIXTURES / "os-release" / "debian-12.txt").read_text(),
         kernel_release="6.1.0-26-amd64",
         services={"ssh.service": (True, True)},
+        python3_version="3.11.2",
     )
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,9 @@ CONSOLE_TAIL_LINES = 40
 READY_STATES = ("running", "degraded")
 PR_SET_PDEATHSIG = 1
 NETNS_TEARDOWN_TIMEOUT = 10.0
+# systemd-nspawn's exit status when the host's systemd rebooted (systemd-nspawn@.service restarts
+# the container on it: RestartForceExitStatus=133).
+NSPAWN_REBOOT_STATUS = 133
 
 
 class AptRepository(Protocol):
@@ -137,6 +141,8 @@ class Machine:
         self.ssh_key = ssh_key
         self.process: subprocess.Popen[bytes] | None = None
         self.boot_state = ""
+        self.reboots = 0
+        self._stopping = threading.Event()
 
     @property
     def root(self) -> Path:
@@ -162,6 +168,20 @@ class Machine:
         (self.root / "root/.ssh").chmod(0o700)
 
     def start(self) -> None:
+        """Boot the host; a reboot inside it boots it again on the same overlay."""
+        self.process = self._start_nspawn()
+        threading.Thread(target=self._restart_on_reboot, name=f"{self.name}-reboots").start()
+
+    def _restart_on_reboot(self) -> None:
+        # The nspawn started here gets its death signal when this thread ends, which is only
+        # after that nspawn exited: for good, or for a reboot, when it is replaced.
+        while self.process is not None:
+            if self.process.wait() != NSPAWN_REBOOT_STATUS or self._stopping.is_set():
+                return
+            self.reboots += 1
+            self.process = self._start_nspawn()
+
+    def _start_nspawn(self) -> subprocess.Popen[bytes]:
         command = [
             "systemd-nspawn",
             "--boot",
@@ -187,7 +207,7 @@ class Machine:
             "SYSTEMD_COLORS": "0",
             "TERM": "dumb",  # passed to the host's systemd: a console log without escapes
         }
-        self.process = start_process(command, self.console_log, env)
+        return start_process(command, self.console_log, env)
 
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
         try:
@@ -247,6 +267,7 @@ class Machine:
 
     def stop(self, timeout: float = 10) -> None:
         """Power the host off (killing it after ``timeout``) and remove every trace of it."""
+        self._stopping.set()
         if self.process is not None and self.process.poll() is None:
             # nspawn turns SIGTERM into an orderly poweroff of the host's systemd.
             self.process.send_signal(signal.SIGTERM)

@@ -1,0 +1,221 @@
+"""
+Rolling driver changes end to end on booted test hosts: batches, refusal of busy hosts and
+drain, a failed verification that stops the rollout, an interrupted rollout finished by the next
+run, a downgrade, and a branch change. Test hosts reboot for real (nspawn restarts them), which
+is how the new kernel module "loads": the stand-in's loaded module lives in /run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
+from tests.hosts.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
+from tests.hosts.images import build_image_tarball, import_image
+from tests.hosts.runs import repo_data, run_deploy
+from tests.hosts.standin_repo import RepoTree
+
+pytestmark = pytest.mark.e2e
+
+OLD, NEW = "470.182.03", "470.239.06"
+STANDIN_CONFIG = "/etc/nvidia-standin/gpus.json"
+HELD_DRIVER = "apt-mark showhold | grep -c '^nvidia-driver-' || true"
+
+
+def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Path:
+    settings = {
+        **repo_data(repo),
+        "gpu_reboot_allowed": True,
+        "gpu_smoke_test": False,
+        # The verification's container layer runs this image (imported by converged()).
+        "tensorflow_image": TEST_IMAGE,
+        "gpu_results_dir": str(path.parent / "results"),
+        "upgrade_batch_size": 2,
+        **data,
+    }
+    return fleet.write_inventory(path, settings)
+
+
+def rollout_command(fleet: Fleet, inventory: Path, *options: str) -> list[str]:
+    return fleet.controller.command(
+        [sys.executable, "-m", "deploys.rollout", str(inventory), *options]
+    )
+
+
+def roll_out(fleet: Fleet, inventory: Path, *options: str) -> tuple[dict[str, list[str]], str]:
+    """Run the rollout; return its groups (done, failed, not reached) and its whole output."""
+    process = subprocess.run(
+        rollout_command(fleet, inventory, *options),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    groups = {}
+    for line in process.stdout.splitlines():
+        name, _, hosts = line.partition(": ")
+        group = name.rsplit(" (", 1)[0]
+        if group in ("done", "failed", "not reached"):
+            groups[group] = [] if hosts == "-" else hosts.split(", ")
+    assert set(groups) == {"done", "failed", "not reached"}, process.stdout + process.stderr
+    assert process.returncode == (1 if groups["failed"] else 0)
+    return groups, process.stdout + process.stderr
+
+
+def addresses(hosts: list[TestHost]) -> list[str]:
+    return [host.address for host in hosts]
+
+
+def running_driver(fleet: Fleet, host: TestHost) -> str:
+    """The driver nvidia-smi reports: the loaded module matching the installed libraries."""
+    command = "nvidia-smi --query-gpu=driver_version --format=csv,noheader"
+    return ssh_ok(fleet, host, command).strip()
+
+
+def installed_driver(fleet: Fleet, host: TestHost) -> str:
+    return ssh_ok(fleet, host, "dpkg-query -W -f '${Version}' 'nvidia-driver-*'").strip()
+
+
+def container_running(fleet: Fleet, host: TestHost, name: str) -> bool:
+    state = ssh_ok(fleet, host, f"docker inspect -f '{{{{.State.Running}}}}' {name}").strip()
+    return state == "true"
+
+
+def converged(fleet: Fleet, repo: RepoTree, cache_dir: Path, tmp_path: Path) -> Path:
+    """Converge the fleet on the old driver, import the test image; return that inventory."""
+    bare = write_inventory(fleet, tmp_path / "bare.py", repo, gpu_verify=False)
+    assert_converged(run_deploy(fleet, bare))
+    # python3: the stand-in nvidia-smi the runtime mounts into containers is a Python script.
+    tarball = build_image_tarball("bookworm", cache_dir, ["python3"])
+    for host in fleet.hosts:
+        import_image(fleet, host, tarball, TEST_IMAGE)
+    return write_inventory(fleet, tmp_path / "old.py", repo)
+
+
+def start_gpu_job(fleet: Fleet, host: TestHost) -> None:
+    """A container given the GPUs, whose process the stand-in nvidia-smi reports; and another."""
+    run = f"docker run -d --restart unless-stopped {{}} {TEST_IMAGE} sleep infinity"
+    ssh_ok(fleet, host, run.format("--name gpu-job -e NVIDIA_VISIBLE_DEVICES=all"))
+    ssh_ok(fleet, host, run.format("--name web -e NVIDIA_VISIBLE_DEVICES=void"))
+    pid = int(ssh_ok(fleet, host, "docker inspect -f '{{.State.Pid}}' gpu-job"))
+    process = {"gpu": 0, "pid": pid, "process_name": "python3", "used_memory_mib": 300}
+    set_standin(fleet, host, {"processes": [process]})
+
+
+def set_standin(fleet: Fleet, host: TestHost, config: dict[str, Any]) -> None:
+    ssh_ok(fleet, host, f"mkdir -p /etc/nvidia-standin && echo '{json.dumps(config)}' > "
+                        f"{STANDIN_CONFIG}")  # fmt: skip
+
+
+def test_rolling_upgrade_refuses_busy_hosts_stops_at_a_failed_batch_and_rolls_back(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, cache_dir: Path, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=6)
+    hosts = fleet.hosts
+    names = addresses(hosts)
+    old = converged(fleet, repo_tree, cache_dir, tmp_path)
+    start_gpu_job(fleet, hosts[1])
+    before = {host.name: ssh_ok(fleet, host, SNAPSHOT) for host in hosts}
+    new = write_inventory(fleet, tmp_path / "new.py", repo_tree, nvidia_driver_version=NEW)
+
+    dry = subprocess.run(
+        rollout_command(fleet, new, "--dry"), cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    listing = dry.stdout + dry.stderr
+    assert f"driver {OLD} -> {NEW}; GPU users: none; reboot needed" in listing, listing
+    assert "GPU users: process " in listing and "(container gpu-job)" in listing
+    assert all(ssh_ok(fleet, host, SNAPSHOT) == before[host.name] for host in hosts)
+
+    # Busy host in the first batch: refused, the batch fails, nothing further is touched.
+    groups, output = roll_out(fleet, new)
+    assert groups == {"done": names[:1], "failed": names[1:2], "not reached": names[2:]}
+    assert "refusing to change the driver, the GPUs are in use" in output
+    assert "container gpu-job" in output and "container web" not in output
+    assert running_driver(fleet, hosts[0]) == NEW
+    for host in hosts[1:]:
+        assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name]
+    assert container_running(fleet, hosts[1], "gpu-job")
+
+    # With drain the GPU container (only it) is stopped; host 3's driver does not come up, so
+    # its verification fails and the rollout stops after its batch.
+    set_standin(fleet, hosts[3], {"mode": "no-driver"})
+    drain = write_inventory(
+        fleet, tmp_path / "drain.py", repo_tree, nvidia_driver_version=NEW, upgrade_drain=True
+    )
+    groups, output = roll_out(fleet, drain)
+    assert groups == {"done": names[:3], "failed": names[3:4], "not reached": names[4:]}
+    assert "Drain: stop the containers using the GPUs (gpu-job)" in output
+    assert not container_running(fleet, hosts[1], "gpu-job")
+    assert container_running(fleet, hosts[1], "web")
+    assert [running_driver(fleet, host) for host in hosts[:3]] == [NEW] * 3
+    for host in hosts[4:]:
+        assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name]
+    # The job is gone: a real nvidia-smi no longer lists its process.
+    set_standin(fleet, hosts[1], {})
+    set_standin(fleet, hosts[3], {})
+
+    # Killed while dpkg changes host 4's driver: still held there; the next run finishes.
+    controller = subprocess.Popen(
+        rollout_command(fleet, drain), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 900
+        while "nvidia" not in fleet.ssh(hosts[4], "pgrep -a dpkg || true").stdout:
+            assert controller.poll() is None, "the rollout ended before it reached host 4"
+            assert time.monotonic() < deadline, "dpkg never changed host 4's driver"
+            time.sleep(0.2)
+    finally:
+        os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait()
+    assert ssh_ok(fleet, hosts[4], HELD_DRIVER).strip() == "1"
+    groups, _ = roll_out(fleet, drain)
+    assert groups == {"done": names, "failed": [], "not reached": []}
+    assert [running_driver(fleet, host) for host in hosts] == [NEW] * 6
+    assert all(installed_driver(fleet, host).startswith(NEW) for host in hosts)
+
+    # A bad release is rolled back by the same command with the older pin.
+    groups, _ = roll_out(fleet, old, "--batch-size", "3")
+    assert groups == {"done": names, "failed": [], "not reached": []}
+    assert [running_driver(fleet, host) for host in hosts] == [OLD] * 6
+    assert all(ssh_ok(fleet, host, HELD_DRIVER).strip() == "1" for host in hosts)
+
+
+def test_branch_change_replaces_the_old_family_and_reboot_required_stops(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, cache_dir: Path, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=1)
+    (host,) = fleet.hosts
+    converged(fleet, repo_tree, cache_dir, tmp_path)
+
+    branch_535 = {"nvidia_driver_branch": "535", "nvidia_driver_version": "535.183.01"}
+    no_reboot = write_inventory(
+        fleet, tmp_path / "no_reboot.py", repo_tree, gpu_reboot_allowed=False, **branch_535
+    )
+    run = run_deploy(fleet, no_reboot, deploy="deploys/driver_upgrade.py")
+    assert run.returncode != 0
+    assert (
+        "REBOOT REQUIRED (kernel module 470.182.03 is loaded, 535.183.01 is pinned)" in run.output
+    )
+    holds = ssh_ok(fleet, host, "apt-mark showhold").split()
+    assert "nvidia-driver-535" in holds and not any(h.endswith("-470") for h in holds)
+
+    # The next run (reboot allowed) finishes what the first one could not.
+    upgrade = write_inventory(fleet, tmp_path / "upgrade.py", repo_tree, **branch_535)
+    assert_converged(run_deploy(fleet, upgrade, deploy="deploys/driver_upgrade.py"))
+    assert running_driver(fleet, host) == "535.183.01"
+    packages = ssh_ok(fleet, host, "dpkg-query -W -f '${Package} ${Status}\\n' '*nvidia*'")
+    assert not [line for line in packages.splitlines() if "-470 " in line and " installed" in line]
+    again = run_deploy(fleet, upgrade)
+    assert_converged(again)
+    assert again.changed() == {}

@@ -1,0 +1,166 @@
+"""Driver change planning: versions, GPU users, refusal or drain, reload or reboot; rollout."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from deploys import rollout
+from deploys.driver_upgrade import plan_driver_change, refusal
+from deploys.nvidia_driver import (
+    driver_packages,
+    module_change_reason,
+    reload_modules_command,
+    replaced_driver_packages,
+)
+from deploys.settings import DATA_DEFAULTS, read_settings
+from facts.gpu_host import GpuHostState, GpuHostStateInfo
+from facts.gpu_users import container_uses_gpus, parse_gpu_users
+from facts.nvidia import nvidia_smi_error
+
+JOB_ID = "a" * 64
+WEB_ID = "b" * 64
+DEVICE_REQUEST = '[{"Driver":"","Count":-1,"DeviceIDs":null,"Capabilities":[["gpu"]]}]'
+
+
+def settings(**data: Any):
+    return read_settings({**DATA_DEFAULTS, **data})
+
+
+def host_on(version: str, loaded: str | None = None) -> GpuHostStateInfo:
+    """A host with driver ``version`` installed and held, nvidia-smi answering for ``loaded``."""
+    state = GpuHostState.default()
+    branch = version.split(".")[0]
+    state["packages"] = {
+        name: {"version": f"{version}-1", "held": True, "installed": True}
+        for name in driver_packages(branch, version)
+    }
+    state["nvidia_smi"] = {
+        "driver_version": loaded or version,
+        "cuda_version": "11.4",
+        "gpus": [],
+        "processes": [],
+        "error": None,
+    }
+    return state
+
+
+def with_gpu_job(state: GpuHostStateInfo) -> GpuHostStateInfo:
+    assert state["nvidia_smi"] is not None
+    state["nvidia_smi"]["processes"] = [
+        {"gpu_uuid": "GPU-1", "pid": 4242, "process_name": "python3", "used_memory_mib": 300}
+    ]
+    state["gpu_users"] = parse_gpu_users(
+        [
+            f'container\t{JOB_ID}\t/job\ttf:2.9\trunc\t{DEVICE_REQUEST}\t["PATH=/bin"]',
+            f'container\t{WEB_ID}\t/web\tnginx\trunc\tnull\t["PATH=/bin"]',
+            f"process\t4242\t0::/system.slice/docker-{JOB_ID}.scope ",
+        ]
+    )
+    return state
+
+
+def test_host_on_the_pin_has_no_change() -> None:
+    assert plan_driver_change(settings(), host_on("470.182.03")) is None
+
+
+def test_version_change_on_idle_host_needs_a_reboot_without_visible_modules() -> None:
+    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), host_on("470.182.03"))
+    assert change is not None
+    assert change.summary() == (
+        "driver 470.182.03 -> 470.239.06; GPU users: none; reboot needed "
+        "(kernel module 470.182.03 is loaded, 470.239.06 is pinned)"
+    )
+    assert refusal(change, drain=False) is None
+
+
+def test_modules_listed_by_the_kernel_are_reloaded_instead() -> None:
+    state = host_on("470.182.03")
+    state["nvidia_kernel"]["nvidia_modules"] = {"nvidia": 2, "nvidia_uvm": 0}
+    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), state)
+    assert change is not None and not change.reboot_needed
+    assert "module reload needed" in change.summary()
+    command = reload_modules_command(["nvidia", "nvidia_uvm"])
+    assert "modprobe -r nvidia_uvm nvidia; then modprobe -a nvidia nvidia_uvm" in command
+
+
+def test_downgrade_is_a_change_like_an_upgrade() -> None:
+    change = plan_driver_change(settings(), host_on("470.239.06"))
+    assert change is not None
+    assert (change.current_version, change.target_version) == ("470.239.06", "470.182.03")
+
+
+def test_busy_host_is_refused_with_its_users_unless_drained() -> None:
+    state = with_gpu_job(host_on("470.182.03"))
+    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), state)
+    assert change is not None
+    assert [c["name"] for c in change.gpu_containers] == ["job"]
+    reason = refusal(change, drain=False)
+    assert reason is not None
+    assert "process 4242 python3 (container job)" in reason
+    assert "container job (aaaaaaaaaaaa, tf:2.9)" in reason and "web" not in reason
+    assert refusal(change, drain=True) is None
+
+
+def test_drain_does_not_cover_processes_outside_containers() -> None:
+    state = with_gpu_job(host_on("470.182.03"))
+    state["gpu_users"]["process_containers"] = {4242: None}
+    state["gpu_users"]["containers"] = []
+    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), state)
+    assert change is not None
+    reason = refusal(change, drain=True)
+    assert reason is not None and "4242 python3" in reason and "run in none" in reason
+
+
+def test_stale_module_after_an_interrupted_change_still_needs_the_reboot() -> None:
+    state = host_on("470.239.06")
+    state["nvidia_smi"] = nvidia_smi_error(
+        "Failed to initialize NVML: Driver/library version mismatch"
+    )
+    reason = module_change_reason(state["nvidia_kernel"], state["nvidia_smi"], "470.239.06")
+    assert reason is not None and "version mismatch" in reason
+    assert plan_driver_change(settings(nvidia_driver_version="470.239.06"), state) is not None
+
+
+@pytest.mark.parametrize(
+    ("runtime", "visible", "uses"),
+    [("nvidia", "all", True), ("nvidia", "void", False), ("", "0,1", True), ("runc", "all", False)],
+)
+def test_nvidia_runtime_containers_use_gpus_when_devices_are_visible(
+    runtime: str, visible: str, uses: bool
+) -> None:
+    environment = json.dumps([f"NVIDIA_VISIBLE_DEVICES={visible}"])
+    (container,) = parse_gpu_users(
+        [f"container\t{JOB_ID}\t/j\timg\t{runtime}\tnull\t{environment}"]
+    )["containers"]
+    assert container_uses_gpus(container, default_runtime="nvidia") is uses
+
+
+def test_branch_change_replaces_the_other_branchs_family() -> None:
+    state = host_on("470.182.03")
+    assert "libnvidia-ifr1-535" not in driver_packages("535", "535.183.01")
+    replaced = replaced_driver_packages(state["packages"], "535")
+    assert replaced == sorted(driver_packages("470", "470.182.03"))
+    assert replaced_driver_packages(state["packages"], "470") == []
+
+
+def test_rollout_stops_after_the_first_failed_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = [f"h{index}" for index in range(5)]
+    ran: list[list[str]] = []
+    monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: [(h, 2) for h in hosts])
+
+    def run_batch(inventory: str, batch: list[str], args: list[str]) -> list[str]:
+        ran.append(batch)
+        return [host for host in batch if host == "h3"]
+
+    monkeypatch.setattr(rollout, "run_batch", run_batch)
+    result = rollout.roll_out("inventory.py")
+    assert ran == [["h0", "h1"], ["h2", "h3"]]
+    assert (result.done, result.failed, result.not_reached) == (["h0", "h1", "h2"], ["h3"], ["h4"])
+    assert result.report().splitlines() == [
+        "done (3): h0, h1, h2",
+        "failed (1): h3",
+        "not reached (1): h4",
+    ]
