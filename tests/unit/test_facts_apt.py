@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from test_facts_support import fixture_lines, run_fact, run_lines
 
 from facts.apt import (
     DebPackageStates,
@@ -9,6 +8,7 @@ from facts.apt import (
     parse_dpkg_query_states,
     parse_showhold,
 )
+from tests.unit.test_facts_support import fixture_lines, run_fact, run_lines
 
 
 def test_held_installed_and_unknown_names() -> None:

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from test_facts_support import fixture_text, run_fact, run_lines
 
 from facts.cuda import CudaToolkits, parse_cuda_toolkits, parse_nvcc_release
+from tests.unit.test_facts_support import fixture_text, run_fact, run_lines
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 from facts.cudnn import CUDNN_HEADERS, CudnnVersion, parse_cudnn_version_header
+from tests.unit.test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 
 @pytest.mark.parametrize(

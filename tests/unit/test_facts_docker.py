@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 from facts.docker import (
     DockerDaemonConfig,
@@ -12,6 +11,7 @@ from facts.docker import (
     parse_daemon_json,
     parse_docker_info_json,
 )
+from tests.unit.test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-from test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 from facts.nvidia import (
     NVIDIA_SMI_EXIT_MARKER,
@@ -11,6 +10,7 @@ from facts.nvidia import (
     parse_nvidia_smi_output,
     parse_nvidia_smi_xml,
 )
+from tests.unit.test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 
 def test_gt1030_single_gpu() -> None:
