@@ -23,6 +23,7 @@ from pyinfra.api import operation
 from pyinfra.api.exceptions import DeployError
 
 from deploys.files import upload_changed
+from facts import snapshot
 from facts.apt import DebPackageState, DebPackageStates
 
 KEYRING_DIR = "/etc/apt/keyrings"
@@ -137,6 +138,11 @@ def source_line(url: str, keyring_path: str) -> str:
     return f"deb [signed-by={keyring_path}] {url} /\n"
 
 
+def repository_files(repository: str) -> tuple[str, str]:
+    """The repository's keyring and source list paths."""
+    return f"{KEYRING_DIR}/{repository}.gpg", f"{SOURCES_DIR}/{repository}.list"
+
+
 @operation()
 def signed_repository(repository: str, url: str, keyring: bytes):
     """
@@ -146,11 +152,8 @@ def signed_repository(repository: str, url: str, keyring: bytes):
     + url: repository URL (a flat repo: `deb <url> /`)
     + keyring: binary OpenPGP keyring (already checked against the pinned fingerprint)
     """
-    keyring_path = f"{KEYRING_DIR}/{repository}.gpg"
-    files = {
-        keyring_path: keyring,
-        f"{SOURCES_DIR}/{repository}.list": source_line(url, keyring_path).encode(),
-    }
+    keyring_path, sources_path = repository_files(repository)
+    files = {keyring_path: keyring, sources_path: source_line(url, keyring_path).encode()}
     commands = list(upload_changed(files, "644"))
     if not commands:
         host.noop(f"apt repository {repository} is already configured")
@@ -180,7 +183,7 @@ def pinned_packages(packages: dict[str, str | None], hold: bool = True):
     Held packages are changed with --allow-change-held-packages and held again in the same
     command, so an interrupted run never leaves a package unheld.
     """
-    states = host.get_fact(DebPackageStates, packages=sorted(packages))
+    states = snapshot.current(DebPackageStates, packages=sorted(packages))
     to_install = [
         name
         for name, pattern in packages.items()

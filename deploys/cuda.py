@@ -16,6 +16,7 @@ from pyinfra.operations.util import any_changed
 
 from deploys import apt, compat, files
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from facts import snapshot
 from facts.cuda import CudaToolkits
 from facts.gpu_host import GpuHostState, GpuHostStateInfo
 
@@ -51,7 +52,7 @@ def default_toolkit(path: str):
     NVIDIA's packages manage /usr/local/cuda as the `cuda` alternative when they install it;
     gpufleet sets the alternative then, and the link itself otherwise.
     """
-    toolkits = host.get_fact(CudaToolkits)
+    toolkits = snapshot.current(CudaToolkits)
     if toolkits["default_path"] == path:
         host.noop(f"{CUDA_DEFAULT_LINK} already points at {path}")
         return

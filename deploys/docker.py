@@ -22,13 +22,14 @@ from pyinfra.api import (
     deploy,
     operation,
 )
-from pyinfra.operations import systemd
 
-from deploys import apt
+from deploys import apt, systemd
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from facts import snapshot
 from facts.docker import DockerDaemonConfig
 
 DAEMON_JSON_PATH = "/etc/docker/daemon.json"
+DOCKER_SERVICE = "docker.service"
 NVIDIA_RUNTIME = {"path": "nvidia-container-runtime", "args": []}
 
 
@@ -78,7 +79,7 @@ def daemon_config(
 
     The first rewrite of a user's file keeps a copy beside it (daemon.json.before-gpufleet).
     """
-    current = host.get_fact(DockerDaemonConfig, path=path)
+    current = snapshot.current(DockerDaemonConfig, path=path)
     problem = daemon_config_problem(path, current["parse_error"])
     if problem:
         raise OperationError(problem)
@@ -113,13 +114,13 @@ def docker(settings: GpuSettings | None = None) -> None:
     )
     systemd.service(
         name="Docker enabled and running",
-        service="docker",
+        unit=DOCKER_SERVICE,
         running=True,
         enabled=True,
     )
     systemd.service(
         name="Restart docker for the new daemon.json",
-        service="docker",
+        unit=DOCKER_SERVICE,
         restarted=True,
         _if=config.did_change,
     )

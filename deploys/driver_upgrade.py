@@ -32,7 +32,8 @@ from deploys.nvidia_driver import (
 )
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
 from deploys.verify import verify
-from facts.gpu_host import GpuHostState, GpuHostStateInfo
+from facts import snapshot
+from facts.gpu_host import GpuHostStateInfo
 from facts.gpu_users import GpuContainer, container_uses_gpus
 
 logger = logging.getLogger("pyinfra")
@@ -171,7 +172,7 @@ def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -
 @deploy("gpufleet driver upgrade", data_defaults=DATA_DEFAULTS)
 def driver_upgrade() -> None:
     settings = read_settings(host.data)
-    host_state = host.get_fact(GpuHostState, packages=list(DRIVER_PACKAGE_PATTERNS))
+    host_state = snapshot.take(packages=list(DRIVER_PACKAGE_PATTERNS))
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
     compat.refuse(host.name, compat.check_stack(settings.stack_request, platform))
     if not prepare_driver_change(settings, host_state):

@@ -1,6 +1,7 @@
 """
 Whole-file contents managed in one round trip: the files gpufleet owns are small (keyrings, apt
-sources, modprobe, profile.d, ld.so.conf.d), so a digest comparison is the whole check.
+sources, modprobe, profile.d, ld.so.conf.d), so a digest comparison is the whole check. And
+symbolic links, checked by their target.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import posixpath
 from collections.abc import Iterator, Mapping
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.command import PyinfraCommand
 
-from facts.files import FileDigests
+from facts import snapshot
+from facts.files import FileDigests, SymlinkTargets
 
 
 def upload_changed(files: Mapping[str, bytes], mode: str) -> Iterator[PyinfraCommand]:
     """Commands that bring each path to its contents; nothing for paths that already match."""
-    digests = host.get_fact(FileDigests, paths=sorted(files))
+    digests = snapshot.current(FileDigests, paths=sorted(files))
     changed = {
         path: data
         for path, data in files.items()
@@ -52,3 +54,22 @@ def contents(files: Mapping[str, str | bytes], mode: str = "644"):
         host.noop(f"{len(files)} file(s) already up to date")
         return
     yield from commands
+
+
+@operation()
+def link(path: str, target: str):
+    """
+    Make ``path`` a symbolic link to ``target``, like pyinfra's files.link: a link pointing
+    elsewhere is replaced, anything else at ``path`` is an error.
+
+    + path: the link
+    + target: where it points
+    """
+    targets = snapshot.current(SymlinkTargets, paths=[path])
+    if path in targets and targets[path] is None:
+        raise OperationError(f"{path} exists and is not a link")
+    if targets.get(path) == target:
+        host.noop(f"link {path} already exists")
+        return
+    yield StringCommand("mkdir", "-p", QuoteString(posixpath.dirname(path)))
+    yield StringCommand("ln", "-sfn", QuoteString(target), QuoteString(path))

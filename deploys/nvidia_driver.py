@@ -16,11 +16,11 @@ import time
 from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
-from pyinfra.operations import files as pyinfra_files
-from pyinfra.operations import server, systemd
+from pyinfra.operations import server
+from pyinfra.operations.systemd import daemon_reload
 from pyinfra.operations.util import any_changed
 
-from deploys import apt, files
+from deploys import apt, files, systemd
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
 from facts.apt import DebPackageState
 from facts.gpu_host import GpuHostState, GpuHostStateInfo
@@ -75,8 +75,11 @@ PERSISTENCED_DROPIN = (
     "ExecStart=/usr/bin/nvidia-persistenced"
     " --user nvidia-persistenced --persistence-mode --verbose\n"
 )
-PERSISTENCED_BOOT_LINK = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"
-PERSISTENCED_UNIT = "/lib/systemd/system/nvidia-persistenced.service"
+PERSISTENCED_SERVICE = "nvidia-persistenced.service"
+PERSISTENCED_BOOT_LINK = f"/etc/systemd/system/multi-user.target.wants/{PERSISTENCED_SERVICE}"
+PERSISTENCED_UNIT = f"/lib/systemd/system/{PERSISTENCED_SERVICE}"
+# Every versioned kernel's headers package: the running kernel's is among them.
+KERNEL_HEADERS_PATTERN = "linux-headers-[0-9]*"
 
 logger = logging.getLogger("pyinfra")
 
@@ -277,16 +280,16 @@ def nvidia_driver(
         name="nvidia-persistenced in persistence mode",
         files={PERSISTENCED_DROPIN_PATH: PERSISTENCED_DROPIN},
     )
-    boot_link = pyinfra_files.link(
+    boot_link = files.link(
         name="nvidia-persistenced started at boot",
         path=PERSISTENCED_BOOT_LINK,
         target=PERSISTENCED_UNIT,
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(persistenced, boot_link))
-    systemd.service(name="nvidia-persistenced running", service="nvidia-persistenced", running=True)
+    daemon_reload(name="Reload systemd units", _if=any_changed(persistenced, boot_link))
+    systemd.service(name="nvidia-persistenced running", unit=PERSISTENCED_SERVICE, running=True)
     systemd.service(
         name="Restart nvidia-persistenced for its new settings",
-        service="nvidia-persistenced",
+        unit=PERSISTENCED_SERVICE,
         restarted=True,
         _if=persistenced.did_change,
     )

@@ -39,11 +39,13 @@ from deploys.diagnosis import (
     version_tuple,
 )
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from facts import snapshot
 from facts.gpu_host import Python3Version
 from facts.verify import VerificationEvidence, VerificationEvidenceInfo
 
 HOST_TENSORFLOW_VENV = f"/opt/gpufleet/tensorflow-{HOST_TENSORFLOW_VERSION}"
 HOST_TENSORFLOW_PYTHON = f"{HOST_TENSORFLOW_VENV}/bin/python"
+HOST_TEST_PACKAGES = ("python3-venv",)
 # The lowest and highest Python TensorFlow 2.9 publishes wheels for.
 HOST_TENSORFLOW_PYTHONS = ((3, 7), (3, 10))
 
@@ -206,7 +208,7 @@ def verify(
     run_smoke_test = settings.gpu_smoke_test if smoke_test is None else smoke_test
     host_python = None
     if run_smoke_test and settings.tensorflow_host_test:
-        problem = host_python_problem(host.get_fact(Python3Version))
+        problem = host_python_problem(snapshot.current(Python3Version))
         compat.refuse(host.name, [problem] if problem else [])
         if install_host_test:
             host_tensorflow()
@@ -226,7 +228,7 @@ def host_tensorflow() -> None:
     """The host test's virtualenv with TensorFlow 2.9 (a GPU build: the pip package is one)."""
     apt.pinned_packages(
         name="python3-venv for the host TensorFlow test",
-        packages={"python3-venv": None},
+        packages=dict.fromkeys(HOST_TEST_PACKAGES),
         hold=False,
     )
     pip.virtualenv(

@@ -1,5 +1,6 @@
 """
-Digests of small managed files, so one round trip tells which of them differ from what we want.
+Digests of small managed files and the targets of managed links, so one round trip tells which
+of them differ from what we want.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class FileDigests(FactBase[dict[str, str]]):
     """
 
     def command(self, paths: list[str]) -> str:
+        if not paths:
+            # sha256sum without names would digest its stdin.
+            return "true"
         quoted = " ".join(shlex.quote(path) for path in paths)
         # sha256sum prints the files it can read and fails for the others: both are answers.
         return f"sha256sum -- {quoted} 2>/dev/null || true"
@@ -34,3 +38,36 @@ class FileDigests(FactBase[dict[str, str]]):
             if path:
                 digests[path] = digest
         return digests
+
+
+class SymlinkTargets(FactBase[dict[str, str | None]]):
+    """
+    Returns where each given path that is a symbolic link points, as the link says (not
+    resolved), and None for a path that exists but is not a link (absent paths are left out).
+
+    .. code:: python
+
+        {"/etc/systemd/system/multi-user.target.wants/x.service": "/lib/systemd/system/x.service"}
+    """
+
+    default = dict
+
+    def command(self, paths: list[str]) -> str:
+        quoted = " ".join(shlex.quote(path) for path in paths)
+        return (
+            f"for path in {quoted}; do "
+            'if [ -L "$path" ]; then '
+            'printf \'link\\t%s\\t%s\\n\' "$path" "$(readlink -- "$path")"; '
+            'elif [ -e "$path" ]; then printf \'other\\t%s\\n\' "$path"; fi; done; true'
+        )
+
+    def process(self, output: list[str]) -> dict[str, str | None]:
+        targets: dict[str, str | None] = {}
+        for line in output:
+            kind, _, rest = line.partition("\t")
+            if kind == "link":
+                path, _, target = rest.partition("\t")
+                targets[path] = target
+            elif kind == "other":
+                targets[rest] = None
+        return targets

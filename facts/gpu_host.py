@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from typing import Any, TypedDict, cast
 
 from pyinfra.api import FactBase
 from pyinfra.facts.server import KernelVersion
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from facts.apt import DebPackageState, DebPackageStates, HeldPackages
 from facts.cuda import CudaToolkits, CudaToolkitsInfo
 from facts.cudnn import CudnnVersion
 from facts.docker import DockerDaemonConfig, DockerDaemonConfigInfo, DockerInfo, DockerInfoData
+from facts.files import FileDigests, SymlinkTargets
 from facts.gpu_users import GpuUsers, GpuUsersInfo
 from facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
 
@@ -129,6 +132,10 @@ class GpuHostStateInfo(TypedDict):
     dockerd_installed: bool
     python3_version: str | None
     gpu_users: GpuUsersInfo
+    file_digests: dict[str, str]
+    symlink_targets: dict[str, str | None]
+    units_running: dict[str, bool]
+    units_enabled: dict[str, bool]
 
 
 # Section name -> the fact that gathers and parses it. Processing never needs the command
@@ -147,18 +154,38 @@ SECTION_FACTS: dict[str, FactBase] = {
     "dockerd_installed": CommandInstalled(),
     "python3_version": Python3Version(),
     "gpu_users": GpuUsers(),
+    "file_digests": FileDigests(),
+    "symlink_targets": SymlinkTargets(),
+    "units_running": SystemdStatus(),
+    "units_enabled": SystemdEnabled(),
 }
 
 
-def section_commands(packages: list[str], daemon_json_path: str) -> dict[str, str]:
-    """Each section's command, built by its fact with the arguments it takes."""
+def section_arguments(
+    packages: Sequence[str],
+    daemon_json_path: str,
+    files: Sequence[str],
+    symlinks: Sequence[str],
+    units: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Each section's fact arguments (GpuHostState's, spread over its sections), {} for none."""
     arguments: dict[str, dict[str, Any]] = {
-        "packages": {"packages": packages},
+        "packages": {"packages": list(packages)},
         "docker_daemon_config": {"path": daemon_json_path},
         "dockerd_installed": {"command_name": "dockerd"},
+        "file_digests": {"paths": list(files)},
+        "symlink_targets": {"paths": list(symlinks)},
+        "units_running": {"services": list(units)},
+        "units_enabled": {"services": list(units)},
     }
+    return {name: arguments.get(name, {}) for name in SECTION_FACTS}
+
+
+def section_commands(**arguments: Any) -> dict[str, str]:
+    """Each section's command, built by its fact with the arguments it takes."""
     return {
-        name: str(fact.command(**arguments.get(name, {}))) for name, fact in SECTION_FACTS.items()
+        name: str(SECTION_FACTS[name].command(**fact_arguments))
+        for name, fact_arguments in section_arguments(**arguments).items()
     }
 
 
@@ -172,8 +199,10 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     """
     Returns, in one round trip, what the individual facts return: os_release, kernel_release,
     nvidia_smi, nvidia_kernel, cuda, cudnn_version, packages (DebPackageStates of ``packages``),
-    held_packages, docker_daemon_config, docker_info, dockerd_installed, python3_version and
-    gpu_users.
+    held_packages, docker_daemon_config, docker_info, dockerd_installed, python3_version,
+    gpu_users, file_digests (FileDigests of ``files``), symlink_targets (SymlinkTargets of
+    ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
+    ``units``).
     """
 
     @staticmethod
@@ -182,10 +211,21 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
 
     def command(
         self,
-        packages: list[str],
+        packages: Sequence[str],
         daemon_json_path: str = "/etc/docker/daemon.json",
+        files: Sequence[str] = (),
+        symlinks: Sequence[str] = (),
+        units: Sequence[str] = (),
     ) -> str:
-        return combined_command(section_commands(packages, daemon_json_path))
+        return combined_command(
+            section_commands(
+                packages=packages,
+                daemon_json_path=daemon_json_path,
+                files=files,
+                symlinks=symlinks,
+                units=units,
+            )
+        )
 
     def process(self, output: list[str]) -> GpuHostStateInfo:
         return parse_gpu_host_state(output)

@@ -3,7 +3,8 @@ Scripted hosts for pyinfra's @fake connector: each fact command gets the output 
 prints on a host in the described state, so whole deploys can be planned (`--dry`) without a host.
 
 The outputs are rendered in the formats of the real tools (dpkg-query, sha256sum, systemctl show,
-/etc/os-release), with os-release files taken from real hosts (tests/fixtures/os-release).
+/etc/os-release), with os-release files taken from real hosts (tests/fixtures/os-release), and
+each also as its section of GpuHostState's one-round-trip read.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.command import FileUploadCommand
+from pyinfra.api.connect import connect_all
+from pyinfra.api.deploy import add_deploy
+from pyinfra.connectors.fake import FakeConnector
+from pyinfra.context import ctx_host, ctx_state
 
 from deploys import compat
 from deploys.apt import KEYRING_DIR, SOURCES_DIR, dearmor, source_line
@@ -69,14 +77,8 @@ class FakeHost:
     def sha256sum_lines(self) -> list[str]:
         return [f"{hashlib.sha256(data).hexdigest()}  {path}" for path, data in self.files.items()]
 
-    def stat_lines(self, path: str) -> list[str]:
-        """GNU stat's answer to pyinfra's File/Link facts (nothing: the path is absent)."""
-        target = self.links.get(path)
-        if target is None:
-            return []
-        owner = "user=root group=root mode=lrwxrwxrwx"
-        times = "atime=1700000000 mtime=1700000000 ctime=1700000000"
-        return [f"{owner} {times} size={len(target)} '{path}' -> '{target}'"]
+    def symlink_lines(self) -> list[str]:
+        return [f"link\t{path}\t{target}" for path, target in self.links.items()]
 
     def daemon_json_lines(self) -> list[str]:
         data = self.files.get(DAEMON_JSON_PATH)
@@ -97,6 +99,9 @@ class FakeHost:
             lines += [f"Id={unit}", f"{state_key}={value}", ""]
         return lines
 
+    def python3_version_lines(self) -> list[str]:
+        return [f"Python {self.python3_version}"] if self.python3_version else []
+
     def host_state_lines(self) -> list[str]:
         sections = {
             "os_release": self.os_release.splitlines(),
@@ -105,6 +110,11 @@ class FakeHost:
             "packages": self.dpkg_query_lines(),
             "held_packages": [n for n, (_, s) in self.packages.items() if s.startswith("hold ")],
             "docker_daemon_config": self.daemon_json_lines(),
+            "python3_version": self.python3_version_lines(),
+            "file_digests": self.sha256sum_lines(),
+            "symlink_targets": self.symlink_lines(),
+            "units_running": self.systemctl_lines("SubState"),
+            "units_enabled": self.systemctl_lines("UnitFileState"),
         }
         lines = []
         for name, section in sections.items():
@@ -123,13 +133,10 @@ class FakeHost:
             "dpkg-query -W": self.dpkg_query_lines(),
             DAEMON_JSON_EXISTS_MARKER: self.daemon_json_lines(),
             "/usr/local/cuda-*": self.cuda_lines(),
-            **{
-                re.compile(rf"stat -c .* {re.escape(path)}"): self.stat_lines(path)
-                for path in self.links
-            },
+            'readlink -- "$path"': self.symlink_lines(),
             re.compile(r"systemctl show .*SubState"): self.systemctl_lines("SubState"),
             re.compile(r"systemctl show .*UnitFileState"): self.systemctl_lines("UnitFileState"),
-            "python3 --version": [f"Python {self.python3_version}"] if self.python3_version else [],
+            "python3 --version": self.python3_version_lines(),
         }
 
 
@@ -203,20 +210,11 @@ class PlannedOperation:
     uploads: dict[str, bytes] = field(default_factory=dict)
 
 
-def plan(
-    hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any
-) -> dict[str, list[PlannedOperation]]:
+def prepare(hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any) -> State:
     """
-    Run a @deploy against @fake hosts through pyinfra's API and return, per host, each operation
-    that would change something with the commands it would run. Operations guarded by `_if`
-    (handlers) are listed as conditional, without running their triggers.
+    Add a @deploy for @fake hosts through pyinfra's API, with change detection (each operation
+    checks the host, as in `pyinfra --dry`), and return the state, ready for ``run_ops``.
     """
-    from pyinfra.api import Config, Inventory, State
-    from pyinfra.api.command import FileUploadCommand
-    from pyinfra.api.connect import connect_all
-    from pyinfra.api.deploy import add_deploy
-    from pyinfra.context import ctx_host, ctx_state
-
     inventory = Inventory(
         (
             [
@@ -229,9 +227,33 @@ def plan(
     state = State(inventory, Config())
     connect_all(state)
     add_deploy(state, deploy_func)
+    return state
 
+
+def sent_commands(state: State) -> dict[str, list[str]]:
+    """Per @fake host, every command pyinfra sent it so far (fact reads and operations)."""
+    sent = {}
+    for host in state.inventory:
+        assert isinstance(host.connector, FakeConnector)
+        sent[host.name.removeprefix("@fake/")] = list(host.connector.executed_commands)
+    return sent
+
+
+def plan(
+    hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any
+) -> dict[str, list[PlannedOperation]]:
+    """
+    Run a @deploy against @fake hosts through pyinfra's API and return, per host, each operation
+    that would change something with the commands it would run. Operations guarded by `_if`
+    (handlers) are listed as conditional, without running their triggers.
+    """
+    return planned_operations(prepare(hosts, deploy_func))
+
+
+def planned_operations(state: State) -> dict[str, list[PlannedOperation]]:
+    """What ``plan`` returns, for a ``prepare``d state."""
     planned: dict[str, list[PlannedOperation]] = {}
-    for host in inventory:
+    for host in state.inventory:
         operations = []
         for op_hash in state.get_op_order():
             if op_hash not in state.ops[host]:

@@ -6,7 +6,9 @@ the sandbox and the benchmarks.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,13 @@ class DeployRun:
             for host in operation["success"]:
                 changed.setdefault(host, []).append(operation["name"])
         return changed
+
+    def commands_sent(self) -> Counter[str]:
+        """
+        Host address -> how many shell commands pyinfra sent it, fact reads included (each one a
+        round trip). Only a `--debug` run logs its commands.
+        """
+        return Counter(re.findall(r"Running command on (\S+): \(pty=", self.process.stderr))
 
     def failed(self) -> dict[str, list[str]]:
         """Host address -> names of the operations that failed there."""

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyinfra.api.operations import run_ops
 
 from deploys.compat import CompatibilityError
 from deploys.gpu_host import gpu_host
+from facts.gpu_host import SECTION_MARKER
 from tests.fakehost import (
     FIXTURE_KEY_DATA,
     FakeHost,
@@ -21,6 +23,9 @@ from tests.fakehost import (
     bare_ubuntu_2004,
     converged_ubuntu_2004,
     plan,
+    planned_operations,
+    prepare,
+    sent_commands,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -142,6 +147,48 @@ def test_converged_host_plans_no_change() -> None:
         "Refresh the loader cache",
         "Restart docker for the new daemon.json",
     ]
+
+
+def test_converged_host_costs_one_round_trip_planned_and_run() -> None:
+    # gpu_verify off: verification reads the host by design, once, after the deploy's checks.
+    state = prepare(
+        {
+            "gpu-01": (
+                converged_ubuntu_2004(FIXTURE_KEY_DATA),
+                {**FIXTURE_KEY_DATA, "gpu_verify": False},
+            )
+        },
+        gpu_host,
+    )
+    assert changes(planned_operations(state)["gpu-01"]) == {}
+    run_ops(state)
+    (sent,) = sent_commands(state)["gpu-01"]
+    assert SECTION_MARKER in sent
+    assert state.results[state.inventory.get_host("@fake/gpu-01")].success_ops > 0
+
+
+def test_after_the_first_change_operations_check_the_host_live() -> None:
+    state = prepare(
+        {"gpu-01": (bare_ubuntu_2004(), {**FIXTURE_KEY_DATA, "gpu_verify": False})}, gpu_host
+    )
+    run_ops(state)
+    snapshot_read, *sent = sent_commands(state)["gpu-01"]
+    assert SECTION_MARKER in snapshot_read
+    # The first operation (the CUDA repository) changes the host on the snapshot's word; every
+    # check after it reads the host again.
+    assert not any(
+        "/etc/apt/keyrings/cuda.gpg" in command for command in sent if "sha256" in command
+    )
+    for live_check in (
+        "-- linux-headers-5.4.0-150-generic 2>/dev/null; true",
+        "sha256sum -- /etc/modprobe.d/blacklist-nouveau.conf",
+        'readlink -- "$path"',
+        "systemctl show --all --property Id --property SubState nvidia-persistenced.service",
+        "/usr/local/cuda-*",
+        "@@gpufleet:daemon-json-exists",
+        "systemctl show --all --property Id --property UnitFileState docker.service",
+    ):
+        assert any(live_check in command for command in sent), live_check
 
 
 def test_held_older_driver_is_moved_to_the_pin_and_held_again() -> None:
