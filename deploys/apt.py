@@ -12,6 +12,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import posixpath
 import shlex
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -31,9 +32,12 @@ SOURCES_DIR = "/etc/apt/sources.list.d"
 PUBLIC_KEY_PACKET_TAG = 6
 
 APT_GET = (
-    "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
+    "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600"
     " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
+# Package changes run as this transient systemd unit, one at a time per host.
+TRANSACTION_UNIT = "gpufleet-apt"
+TRANSACTION_LOG = "/var/log/gpufleet/apt.log"
 
 
 class RepositoryKeyError(DeployError):
@@ -161,6 +165,29 @@ def signed_repository(repository: str, url: str, keyring: bytes):
     yield from commands
 
 
+def transaction(steps: list[str], log: str = TRANSACTION_LOG) -> str:
+    """
+    The shell steps of a package change, run to their end whatever happens to the controller.
+
+    Killing pyinfra (or losing its SSH connection) would otherwise kill apt halfway, between a
+    held package's change and its hold. On systemd hosts the steps run as a transient unit that
+    the controller only waits for, after any earlier one still running; the output is kept in
+    ``log`` and printed, so a failure reads as if it ran in the foreground.
+    """
+    script = " && ".join(steps)
+    quoted_log = shlex.quote(log)
+    logged = f"{{ {script}; }} >{quoted_log} 2>&1"
+    return (
+        f"mkdir -p {shlex.quote(posixpath.dirname(log))} && "
+        "if [ -d /run/systemd/system ]; then "
+        f"while systemctl is-active --quiet {TRANSACTION_UNIT}; do sleep 1; done; "
+        f"systemd-run --quiet --wait --collect --unit={TRANSACTION_UNIT} "
+        f"--description='gpufleet package change' /bin/sh -c {shlex.quote(logged)}; "
+        f"else /bin/sh -c {shlex.quote(logged)}; fi; "
+        f"status=$?; cat {quoted_log}; exit $status"
+    )
+
+
 def version_satisfied(state: DebPackageState | None, version_pattern: str | None) -> bool:
     if state is None or not state["installed"]:
         return False
@@ -181,7 +208,8 @@ def pinned_packages(packages: dict[str, str | None], hold: bool = True):
     + hold: apt-mark hold the packages so unattended upgrades cannot move them
 
     Held packages are changed with --allow-change-held-packages and held again in the same
-    command, so an interrupted run never leaves a package unheld.
+    transaction, which runs to its end even when the controller is killed: an interrupted run
+    leaves each package on its old or its new version, held.
     """
     states = snapshot.current(DebPackageStates, packages=sorted(packages))
     to_install = [
@@ -196,16 +224,20 @@ def pinned_packages(packages: dict[str, str | None], hold: bool = True):
         host.noop(f"{len(packages)} package(s) already at their pinned versions")
         return
 
-    steps = []
-    if to_install:
-        specs = " ".join(package_spec(name, packages[name]) for name in to_install)
-        steps += [
+    hold_steps = (
+        ["apt-mark hold " + " ".join(shlex.quote(name) for name in to_hold)] if to_hold else []
+    )
+    if not to_install:
+        yield from hold_steps
+        return
+    specs = " ".join(package_spec(name, packages[name]) for name in to_install)
+    yield transaction(
+        [
             # Finish whatever an interrupted earlier run left half-configured.
             "dpkg --configure -a",
             f"{APT_GET} update",
             f"{APT_GET} install --no-install-recommends --allow-downgrades"
             f" --allow-change-held-packages {specs}",
+            *hold_steps,
         ]
-    if to_hold:
-        steps.append("apt-mark hold " + " ".join(shlex.quote(name) for name in to_hold))
-    yield " && ".join(steps)
+    )

@@ -268,8 +268,13 @@ def nvidia_driver(
         server.shell(
             name=f"Remove the driver packages replaced by branch {settings.nvidia_driver_branch}",
             commands=[
-                f"dpkg --configure -a && {apt.APT_GET} purge --allow-change-held-packages "
-                + " ".join(shlex.quote(name) for name in replaced)
+                apt.transaction(
+                    [
+                        "dpkg --configure -a",
+                        f"{apt.APT_GET} purge --allow-change-held-packages "
+                        + " ".join(shlex.quote(name) for name in replaced),
+                    ]
+                )
             ],
         )
     apt.pinned_packages(

@@ -8,11 +8,8 @@ is how the new kernel module "loads": the stand-in's loaded module lives in /run
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,12 @@ import pytest
 from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
 from tests.hosts.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
 from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.runs import repo_data, run_deploy
+from tests.hosts.runs import (
+    kill_while_running,
+    repo_data,
+    run_deploy,
+    wait_for_package_transaction,
+)
 from tests.hosts.standin_repo import RepoTree
 
 pytestmark = pytest.mark.e2e
@@ -169,15 +171,8 @@ def test_rolling_upgrade_refuses_busy_hosts_stops_at_a_failed_batch_and_rolls_ba
         rollout_command(fleet, drain), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 900
-        while "nvidia" not in fleet.ssh(hosts[4], "pgrep -a dpkg || true").stdout:
-            assert controller.poll() is None, "the rollout ended before it reached host 4"
-            assert time.monotonic() < deadline, "dpkg never changed host 4's driver"
-            time.sleep(0.2)
-    finally:
-        os.killpg(controller.pid, signal.SIGKILL)
-        controller.wait()
+    kill_while_running(fleet, hosts[4], controller, "dkms")
+    wait_for_package_transaction(fleet, hosts[4])
     assert ssh_ok(fleet, hosts[4], HELD_DRIVER).strip() == "1"
     groups, _ = roll_out(fleet, drain)
     assert groups == {"done": names, "failed": [], "not reached": []}

@@ -7,11 +7,8 @@ interrupted run, and report a broken host in a fleet by name.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,13 @@ import pytest
 
 from tests.hosts.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
 from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.runs import DeployRun, repo_data, run_deploy
+from tests.hosts.runs import (
+    DeployRun,
+    kill_while_running,
+    repo_data,
+    run_deploy,
+    wait_for_package_transaction,
+)
 from tests.hosts.standin_repo import REPO_HOST, RepoTree
 
 pytestmark = pytest.mark.e2e
@@ -218,16 +221,11 @@ def test_interrupted_run_is_finished_by_the_next(
         command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    try:
-        # Kill the controller while dpkg is unpacking the NVIDIA packages on the host.
-        deadline = time.monotonic() + 600
-        while "nvidia" not in fleet.ssh(host, "pgrep -a dpkg || true").stdout:
-            assert controller.poll() is None, "the run ended before dpkg unpacked NVIDIA packages"
-            assert time.monotonic() < deadline, "dpkg never unpacked an NVIDIA package"
-            time.sleep(0.2)
-    finally:
-        os.killpg(controller.pid, signal.SIGKILL)
-        controller.wait()
+    # Killed while dpkg configures the driver (dkms builds its module): the package transaction
+    # runs on to its end on the host, and leaves the driver installed and held.
+    kill_while_running(fleet, host, controller, "dkms")
+    wait_for_package_transaction(fleet, host)
+    assert ssh_ok(fleet, host, "apt-mark showhold | grep -c '^nvidia-driver-470$'").strip() == "1"
 
     assert_converged(run_deploy(fleet, path))
     again = run_deploy(fleet, path)

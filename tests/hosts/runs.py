@@ -5,15 +5,21 @@ the sandbox and the benchmarks.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shlex
+import signal
 import subprocess
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.hosts.fleet import Fleet
+from deploys.apt import TRANSACTION_UNIT
+from tests.hosts.fleet import Fleet, TestHost
 from tests.hosts.standin_repo import RepoTree
 
 
@@ -82,3 +88,47 @@ def run_deploy(
     except json.JSONDecodeError:
         payload = {}
     return DeployRun(process, payload.get("results"))
+
+
+def kill_while_running(
+    fleet: Fleet,
+    host: TestHost,
+    controller: subprocess.Popen[bytes],
+    process: str,
+    timeout: float = 900,
+) -> None:
+    """
+    SIGKILL the controller (started with start_new_session) the moment ``process`` runs on the
+    host: a watcher polls there every 50 ms, so short-lived steps are not missed between polls.
+    """
+    wait_for_process = f"until pgrep -x {shlex.quote(process)} >/dev/null; do sleep 0.05; done"
+    watcher = subprocess.Popen(
+        fleet.ssh_command(host, wait_for_process),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while watcher.poll() is None:
+            if controller.poll() is not None:
+                raise AssertionError(f"the run ended before {process} ran on {host.name}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{process} never ran on {host.name} in {timeout:.0f}s")
+            time.sleep(0.05)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        watcher.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait()
+
+
+def wait_for_package_transaction(fleet: Fleet, host: TestHost, timeout: int = 600) -> None:
+    """Wait until no gpufleet package transaction runs on the host (it outlives its controller)."""
+    result = fleet.ssh(
+        host,
+        f"for i in $(seq {timeout}); do "
+        f"systemctl is-active --quiet {TRANSACTION_UNIT} || exit 0; sleep 1; done; exit 1",
+    )
+    assert result.returncode == 0, f"the package transaction on {host.name} did not end"

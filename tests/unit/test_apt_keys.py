@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from deploys.apt import RepositoryKeyError, dearmor, fetch_keyring, key_fingerprint, source_line
+from deploys.apt import (
+    RepositoryKeyError,
+    dearmor,
+    fetch_keyring,
+    key_fingerprint,
+    source_line,
+    transaction,
+)
 from tests.fakehost import FIXTURE_KEY, FIXTURE_KEY_FINGERPRINT
 
 
@@ -98,3 +105,24 @@ def test_source_line_is_signed_by_its_own_keyring() -> None:
     assert source_line("https://example.invalid/cuda/", "/etc/apt/keyrings/cuda.gpg") == (
         "deb [signed-by=/etc/apt/keyrings/cuda.gpg] https://example.invalid/cuda/ /\n"
     )
+
+
+def test_transaction_prints_its_output_and_keeps_the_first_failure(tmp_path: Path) -> None:
+    # This machine runs no systemd: the steps run in the foreground, with the same contract.
+    log = str(tmp_path / "log" / "apt.log")
+    ok = subprocess.run(
+        ["sh", "-c", transaction(["echo unpacking", "echo holding"], log)],
+        capture_output=True,
+        text=True,
+    )
+    assert (ok.returncode, ok.stdout) == (0, "unpacking\nholding\n")
+    failed = subprocess.run(
+        [
+            "sh",
+            "-c",
+            transaction(["echo 'E: Unable to locate package x' >&2", "false", "echo no"], log),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (failed.returncode, failed.stdout) == (1, "E: Unable to locate package x\n")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pyinfra.api.operations import run_ops
 
+from deploys.apt import transaction
 from deploys.compat import CompatibilityError
 from deploys.gpu_host import gpu_host
 from facts.gpu_host import SECTION_MARKER
@@ -30,7 +31,7 @@ from tests.fakehost import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APT_GET = (
-    "DEBIAN_FRONTEND=noninteractive apt-get -y -q"
+    "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600"
     " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
 
@@ -44,11 +45,13 @@ def changes(operations: list[PlannedOperation]) -> dict[str, list[str]]:
 
 
 def install_command(*specs: str, hold: list[str]) -> str:
-    return (
-        f"dpkg --configure -a && {APT_GET} update && {APT_GET} install --no-install-recommends"
-        f" --allow-downgrades --allow-change-held-packages {' '.join(specs)}"
-        f" && apt-mark hold {' '.join(hold)}"
-    )
+    steps = [
+        "dpkg --configure -a",
+        f"{APT_GET} update",
+        f"{APT_GET} install --no-install-recommends --allow-downgrades"
+        f" --allow-change-held-packages {' '.join(specs)}",
+    ]
+    return transaction([*steps, f"apt-mark hold {' '.join(hold)}"] if hold else steps)
 
 
 DRIVER_FAMILY = [
@@ -115,10 +118,7 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
         install_command(*(f"'{name}=1.17.4-*'" for name in toolkit), hold=toolkit)
     ]
     # Docker and the headers come from the OS archive, unpinned and not held.
-    assert planned["Docker (docker.io) installed"] == [
-        f"dpkg --configure -a && {APT_GET} update && {APT_GET} install --no-install-recommends"
-        " --allow-downgrades --allow-change-held-packages docker.io"
-    ]
+    assert planned["Docker (docker.io) installed"] == [install_command("docker.io", hold=[])]
 
 
 def test_bare_host_repositories_are_signed_by_their_own_keyrings() -> None:
@@ -198,8 +198,9 @@ def test_held_older_driver_is_moved_to_the_pin_and_held_again() -> None:
     planned = changes(plan_one(host))
     assert list(planned) == ["NVIDIA driver 470.182.03 (pinned, held)"]
     (command,) = planned["NVIDIA driver 470.182.03 (pinned, held)"]
-    assert "--allow-change-held-packages 'cuda-drivers-470=470.182.03-*'" in command
-    assert command.endswith("apt-mark hold " + " ".join(DRIVER_FAMILY))
+    assert command == install_command(
+        *(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=DRIVER_FAMILY
+    )
     assert "unhold" not in command
 
 
