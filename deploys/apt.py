@@ -35,8 +35,8 @@ APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600"
     " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
-# Package changes run as this transient systemd unit, one at a time per host.
-TRANSACTION_UNIT = "gpufleet-apt"
+# Package changes run one at a time per host (this lock), as transient systemd units.
+TRANSACTION_LOCK = "/run/lock/gpufleet-apt.lock"
 TRANSACTION_LOG = "/var/log/gpufleet/apt.log"
 
 
@@ -171,19 +171,22 @@ def transaction(steps: list[str], log: str = TRANSACTION_LOG) -> str:
 
     Killing pyinfra (or losing its SSH connection) would otherwise kill apt halfway, between a
     held package's change and its hold. On systemd hosts the steps run as a transient unit that
-    the controller only waits for, after any earlier one still running; the output is kept in
-    ``log`` and printed, so a failure reads as if it ran in the foreground.
+    the controller only waits for; TRANSACTION_LOCK keeps them one at a time (a killed run's
+    transaction finishes first). The output is kept in ``log`` and printed, so a failure reads
+    as if it ran in the foreground.
     """
     script = " && ".join(steps)
     quoted_log = shlex.quote(log)
-    logged = f"{{ {script}; }} >{quoted_log} 2>&1"
+    locked = (
+        f"flock {TRANSACTION_LOCK} /bin/sh -c {shlex.quote(f'{{ {script}; }} >{quoted_log} 2>&1')}"
+    )
     return (
         f"mkdir -p {shlex.quote(posixpath.dirname(log))} && "
         "if [ -d /run/systemd/system ]; then "
-        f"while systemctl is-active --quiet {TRANSACTION_UNIT}; do sleep 1; done; "
-        f"systemd-run --quiet --wait --collect --unit={TRANSACTION_UNIT} "
-        f"--description='gpufleet package change' /bin/sh -c {shlex.quote(logged)}; "
-        f"else /bin/sh -c {shlex.quote(logged)}; fi; "
+        # A unit name of its own: a finished unit may stay loaded for a moment after --wait.
+        'systemd-run --quiet --wait --collect --unit="gpufleet-apt-$(date +%s%N)" '
+        f"--description='gpufleet package change' {locked}; "
+        f"else {locked}; fi; "
         f"status=$?; cat {quoted_log}; exit $status"
     )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploys.apt import TRANSACTION_UNIT
+from deploys.apt import TRANSACTION_LOCK
 from tests.hosts.fleet import Fleet, TestHost
 from tests.hosts.standin_repo import RepoTree
 
@@ -126,9 +126,5 @@ def kill_while_running(
 
 def wait_for_package_transaction(fleet: Fleet, host: TestHost, timeout: int = 600) -> None:
     """Wait until no gpufleet package transaction runs on the host (it outlives its controller)."""
-    result = fleet.ssh(
-        host,
-        f"for i in $(seq {timeout}); do "
-        f"systemctl is-active --quiet {TRANSACTION_UNIT} || exit 0; sleep 1; done; exit 1",
-    )
+    result = fleet.ssh(host, f"flock -w {timeout} {TRANSACTION_LOCK} true")
     assert result.returncode == 0, f"the package transaction on {host.name} did not end"
