@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="hosts per batch (upgrade_batch_size)")
     parser.add_argument("--dry", action="store_true", help="list each host's plan, change nothing")
     parser.add_argument("pyinfra_args", nargs="*", help="after --: more pyinfra options")
-    arguments = parser.parse_args(argv)
+    # Intermixed: options may follow the inventory, and pyinfra options follow "--".
+    arguments = parser.parse_intermixed_args(argv)
     if arguments.batch_size is not None and arguments.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     if arguments.dry:
