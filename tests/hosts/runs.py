@@ -50,13 +50,17 @@ class DeployRun:
     def returncode(self) -> int:
         return self.process.returncode
 
+    def _operations_by_host(self, outcome: str) -> dict[str, list[str]]:
+        """Host address -> names of the operations with this outcome ("success", "error")."""
+        by_host: dict[str, list[str]] = {}
+        for operation in (self.results or {}).get("operations", []):
+            for host in operation[outcome]:
+                by_host.setdefault(host, []).append(operation["name"])
+        return by_host
+
     def changed(self) -> dict[str, list[str]]:
         """Host address -> names of the operations that changed something there."""
-        changed: dict[str, list[str]] = {}
-        for operation in (self.results or {}).get("operations", []):
-            for host in operation["success"]:
-                changed.setdefault(host, []).append(operation["name"])
-        return changed
+        return self._operations_by_host("success")
 
     def commands_sent(self) -> Counter[str]:
         """
@@ -67,11 +71,7 @@ class DeployRun:
 
     def failed(self) -> dict[str, list[str]]:
         """Host address -> names of the operations that failed there."""
-        failed: dict[str, list[str]] = {}
-        for operation in (self.results or {}).get("operations", []):
-            for host in operation["error"]:
-                failed.setdefault(host, []).append(operation["name"])
-        return failed
+        return self._operations_by_host("error")
 
 
 def run_deploy(
