@@ -8,138 +8,50 @@ against the pinned one before anything reaches the host.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import hashlib
 import posixpath
 import shlex
 from fnmatch import fnmatchcase
-from pathlib import Path
-from urllib.parse import urlparse
 
-import requests
 from pyinfra import host
 from pyinfra.api import operation
-from pyinfra.api.exceptions import DeployError
 
+from deploys import urls
 from deploys.files import upload_changed
 from facts import snapshot
-from facts.apt import DebPackageState, DebPackageStates
+from facts.apt import AptSourceFiles, DebPackageState, DebPackageStates
 
 KEYRING_DIR = "/etc/apt/keyrings"
 SOURCES_DIR = "/etc/apt/sources.list.d"
-PUBLIC_KEY_PACKET_TAG = 6
 
-APT_GET = (
-    "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600"
-    " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
-)
+AUTH_DIR = "/etc/apt/auth.conf.d"
+# Seconds apt waits for a repository to answer, with no retry: a source that never answers
+# fails in seconds, not after apt 2.x's 120 s per try and three retries per file.
+ACQUIRE_TIMEOUT = 30
 # Package changes run one at a time per host (this lock), as transient systemd units.
 TRANSACTION_LOCK = "/run/lock/gpufleet-apt.lock"
 TRANSACTION_LOG = "/var/log/gpufleet/apt.log"
 
 
-class RepositoryKeyError(DeployError):
-    """The repository key could not be fetched or is not the pinned key."""
-
-
-def dearmor(armored: bytes) -> bytes:
-    """The binary OpenPGP packets of an ASCII-armored key (what `gpg --dearmor` writes)."""
-    lines = armored.decode("ascii", errors="replace").splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.startswith("-----BEGIN PGP"))
-        blank = next(i for i in range(start + 1, len(lines)) if not lines[i].strip())
-    except StopIteration as error:
-        raise ValueError("no ASCII-armored OpenPGP block found") from error
-    body = []
-    for line in lines[blank + 1 :]:
-        # "=XXXX" is the CRC-24 checksum line; the END marker closes the block.
-        if line.startswith(("=", "-----END PGP")):
-            break
-        body.append(line.strip())
-    try:
-        return base64.b64decode("".join(body), validate=True)
-    except binascii.Error as error:
-        raise ValueError(f"armored key body is not base64: {error}") from error
-
-
-def _first_packet(data: bytes) -> tuple[int, bytes]:
-    """(tag, body) of the first OpenPGP packet (RFC 4880 section 4.2, old and new formats)."""
-    if not data or not data[0] & 0x80:
-        raise ValueError("not an OpenPGP packet")
-    header = data[0]
-    if header & 0x40:  # new format
-        tag = header & 0x3F
-        first = data[1]
-        if first < 192:
-            length, offset = first, 2
-        elif first < 224:
-            length, offset = ((first - 192) << 8) + data[2] + 192, 3
-        elif first == 255:
-            length, offset = int.from_bytes(data[2:6], "big"), 6
-        else:
-            raise ValueError("partial-length key packets are not valid")
-    else:
-        tag = (header >> 2) & 0x0F
-        size = {0: 1, 1: 2, 2: 4}.get(header & 0x03)
-        if size is None:
-            raise ValueError("indeterminate-length key packets are not supported")
-        length, offset = int.from_bytes(data[1 : 1 + size], "big"), 1 + size
-    return tag, data[offset : offset + length]
-
-
-def key_fingerprint(keyring: bytes) -> str:
-    """The v4 fingerprint of the primary key in a binary keyring (what apt and gpg show)."""
-    tag, body = _first_packet(keyring)
-    if tag != PUBLIC_KEY_PACKET_TAG:
-        raise ValueError(f"first OpenPGP packet is tag {tag}, not a public key")
-    if body[:1] != b"\x04":
-        raise ValueError(f"public key version {body[0]} is not supported (only v4)")
-    digest = hashlib.sha1(b"\x99" + len(body).to_bytes(2, "big") + body, usedforsecurity=False)
-    return digest.hexdigest().upper()
-
-
-@functools.cache
-def _fetch(location: str) -> bytes:
-    parsed = urlparse(location)
-    if parsed.scheme in ("http", "https"):
-        response = requests.get(location, timeout=30)
-        response.raise_for_status()
-        return response.content
-    return Path(parsed.path if parsed.scheme == "file" else location).read_bytes()
-
-
-def fetch_keyring(data_key: str, location: str, fingerprint: str) -> bytes:
-    """
-    The binary keyring at `location` (URL or controller path), refused unless its primary key
-    has the pinned fingerprint.
-    """
-    try:
-        raw = _fetch(location)
-    except (OSError, requests.RequestException) as error:
-        raise RepositoryKeyError(
-            f"{data_key} = {location!r}: cannot fetch the key: {error}"
-        ) from error
-    try:
-        keyring = dearmor(raw) if raw.lstrip().startswith(b"-----BEGIN PGP") else raw
-        found = key_fingerprint(keyring)
-    except ValueError as error:
-        raise RepositoryKeyError(
-            f"{data_key} = {location!r} is not an OpenPGP public key: {error}"
-        ) from error
-    wanted = fingerprint.replace(" ", "").upper()
-    if found != wanted:
-        raise RepositoryKeyError(
-            f"{data_key} = {location!r} holds key {found}, not the pinned {wanted}; if the "
-            f"repository's key really changed, set the matching *_key_fingerprint in your inventory"
-        )
-    return keyring
+def apt_get(lock_timeout: int) -> str:
+    """apt-get, non-interactive, waiting up to ``lock_timeout`` s for another process's lock."""
+    return (
+        f"DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout={lock_timeout}"
+        f" -o Acquire::http::Timeout={ACQUIRE_TIMEOUT} -o Acquire::https::Timeout={ACQUIRE_TIMEOUT}"
+        " -o Acquire::Retries=0"
+        " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+    )
 
 
 def source_line(url: str, keyring_path: str) -> str:
     """A flat-repository source line (NVIDIA's CUDA and container repos are flat: suite '/')."""
-    return f"deb [signed-by={keyring_path}] {url} /\n"
+    return f"deb [signed-by={keyring_path}] {urls.without_credentials(url)} /\n"
+
+
+def auth_entry(credentials: urls.Credentials) -> str:
+    """The repository's login in apt's netrc-like auth.conf format (apt_auth.conf(5))."""
+    return (
+        f"machine {credentials.machine} login {credentials.login} password {credentials.password}\n"
+    )
 
 
 def repository_files(repository: str) -> tuple[str, str]:
@@ -147,39 +59,112 @@ def repository_files(repository: str) -> tuple[str, str]:
     return f"{KEYRING_DIR}/{repository}.gpg", f"{SOURCES_DIR}/{repository}.list"
 
 
+def auth_file(repository: str) -> str:
+    return f"{AUTH_DIR}/{repository}.conf"
+
+
+def take_over_command(path: str, location: str, sources_path: str) -> str:
+    """
+    Disable another source file's lines for ``location``: apt refuses two entries for one URL
+    with different signed-by keyrings ("Conflicting values set for option Signed-By"), and
+    NVIDIA's cuda-keyring package writes exactly such an entry. A deb822 .sources file is set
+    aside whole (apt skips *.disabled files silently); in a one-line-per-source file only those
+    lines become comments.
+    """
+    quoted = shlex.quote(path)
+    if path.endswith(".sources"):
+        return f"mv -f {quoted} {shlex.quote(path + '.disabled')}"
+    note = f"# disabled by gpufleet, which manages this repository in {sources_path}: "
+    program = (
+        'index($0, ENVIRON["LOCATION"]) && $0 !~ /^[[:space:]]*#/ '
+        '{ print ENVIRON["NOTE"] $0; next } { print }'
+    )
+    return (
+        f"LOCATION={shlex.quote(location)} NOTE={shlex.quote(note)} awk {shlex.quote(program)} "
+        f"{quoted} > {quoted}.gpufleet-new && cat {quoted}.gpufleet-new > {quoted} "
+        f"&& rm -f {quoted}.gpufleet-new"
+    )
+
+
 @operation()
 def signed_repository(repository: str, url: str, keyring: bytes):
     """
-    Add a flat apt repository signed by its own keyring.
+    Add a flat apt repository signed by its own keyring, taking over other source files'
+    entries for the same URL.
 
-    + repository: file name stem for /etc/apt/keyrings/<name>.gpg and sources.list.d/<name>.list
+    + repository: file name stem for /etc/apt/keyrings/<name>.gpg, sources.list.d/<name>.list
+      and (for a URL with `user:password@`) auth.conf.d/<name>.conf
     + url: repository URL (a flat repo: `deb <url> /`)
     + keyring: binary OpenPGP keyring (already checked against the pinned fingerprint)
+
+    Credentials in the URL go to apt's auth.conf.d, mode 600, never into the world-readable
+    source list.
     """
     keyring_path, sources_path = repository_files(repository)
-    files = {keyring_path: keyring, sources_path: source_line(url, keyring_path).encode()}
-    commands = list(upload_changed(files, "644"))
+    location = urls.location(url)
+    others = [
+        path
+        for path in snapshot.current(AptSourceFiles, locations=[location]).get(location, [])
+        if path != sources_path
+    ]
+    commands = [
+        *upload_changed(
+            {keyring_path: keyring, sources_path: source_line(url, keyring_path).encode()}, "644"
+        ),
+        *(take_over_command(path, location, sources_path) for path in others),
+    ]
+    login = urls.credentials(url)
+    if login is not None:
+        commands += upload_changed({auth_file(repository): auth_entry(login).encode()}, "600")
     if not commands:
         host.noop(f"apt repository {repository} is already configured")
         return
     yield from commands
 
 
-def transaction(steps: list[str], log: str = TRANSACTION_LOG) -> str:
+def configure_pending(lock_timeout: int) -> str:
     """
-    The shell steps of a package change, run to their end whatever happens to the controller.
+    `dpkg --configure -a`, which finishes what an interrupted run left half-configured, waiting
+    up to ``lock_timeout`` s while another process (unattended-upgrades, a user's apt) holds
+    dpkg's lock: dpkg itself fails at once. The wait is logged with the holder, and so is the
+    failure when the lock outlives it.
+    """
+    errors = "/run/gpufleet-dpkg.err"
+    holder = (
+        f"pid=$(sed -n 's/.*locked by another process with pid \\([0-9]*\\).*/\\1/p' {errors}); "
+        'holder="${pid:+pid $pid, $(ps -o args= -p "$pid")}"; '
+        f'holder="${{holder:-$(head -n 1 {errors})}}"; '
+    )
+    return (
+        f"( deadline=$(( $(date +%s) + {lock_timeout} )); waiting=; "
+        f"until dpkg --configure -a 2>{errors}; do "
+        f"if ! grep -q lock {errors}; then cat {errors} >&2; exit 1; fi; {holder}"
+        'if [ "$(date +%s)" -ge "$deadline" ]; then '
+        f'echo "gpufleet: the dpkg lock is still held after {lock_timeout}s '
+        '(gpu_apt_lock_timeout) by $holder" >&2; exit 1; fi; '
+        f'[ -n "$waiting" ] || echo "gpufleet: waiting up to {lock_timeout}s for the dpkg '
+        'lock, held by $holder"; waiting=1; sleep 2; done )'
+    )
+
+
+def transaction(steps: list[str], lock_timeout: int, log: str = TRANSACTION_LOG) -> str:
+    """
+    The shell steps of a package change, after `configure_pending`, run to their end whatever
+    happens to the controller.
 
     Killing pyinfra (or losing its SSH connection) would otherwise kill apt halfway, between a
     held package's change and its hold. On systemd hosts the steps run as a transient unit that
     the controller only waits for; TRANSACTION_LOCK keeps them one at a time (a killed run's
-    transaction finishes first). The output is kept in ``log`` and printed, so a failure reads
-    as if it ran in the foreground.
+    transaction finishes first). The output is printed, so a failure reads as if it ran in the
+    foreground, and appended to ``log``.
     """
-    script = " && ".join(steps)
-    quoted_log = shlex.quote(log)
-    locked = (
-        f"flock {TRANSACTION_LOCK} /bin/sh -c {shlex.quote(f'{{ {script}; }} >{quoted_log} 2>&1')}"
+    script = " && ".join([configure_pending(lock_timeout), *steps])
+    quoted_log, current = shlex.quote(log), shlex.quote(f"{log}.current")
+    # Each transaction's output goes to its own file, then onto the log that keeps them all.
+    logged = (
+        f"{{ {script}; }} >{current} 2>&1; status=$?; cat {current} >>{quoted_log}; exit $status"
     )
+    locked = f"flock {TRANSACTION_LOCK} /bin/sh -c {shlex.quote(logged)}"
     return (
         f"mkdir -p {shlex.quote(posixpath.dirname(log))} && "
         "if [ -d /run/systemd/system ]; then "
@@ -187,7 +172,7 @@ def transaction(steps: list[str], log: str = TRANSACTION_LOG) -> str:
         'systemd-run --quiet --wait --collect --unit="gpufleet-apt-$(date +%s%N)" '
         f"--description='gpufleet package change' {locked}; "
         f"else {locked}; fi; "
-        f"status=$?; cat {quoted_log}; exit $status"
+        f"status=$?; cat {current}; exit $status"
     )
 
 
@@ -202,12 +187,13 @@ def package_spec(name: str, version_pattern: str | None) -> str:
 
 
 @operation()
-def pinned_packages(packages: dict[str, str | None], hold: bool = True):
+def pinned_packages(packages: dict[str, str | None], lock_timeout: int, hold: bool = True):
     """
     Install packages at pinned versions and (optionally) hold them.
 
     + packages: name -> apt version pattern (e.g. ``470.182.03-*``, matched like apt matches it),
       or None for any version
+    + lock_timeout: seconds to wait for another process's dpkg/apt lock
     + hold: apt-mark hold the packages so unattended upgrades cannot move them
 
     Held packages are changed with --allow-change-held-packages and held again in the same
@@ -236,11 +222,10 @@ def pinned_packages(packages: dict[str, str | None], hold: bool = True):
     specs = " ".join(package_spec(name, packages[name]) for name in to_install)
     yield transaction(
         [
-            # Finish whatever an interrupted earlier run left half-configured.
-            "dpkg --configure -a",
-            f"{APT_GET} update",
-            f"{APT_GET} install --no-install-recommends --allow-downgrades"
+            f"{apt_get(lock_timeout)} update",
+            f"{apt_get(lock_timeout)} install --no-install-recommends --allow-downgrades"
             f" --allow-change-held-packages {specs}",
             *hold_steps,
-        ]
+        ],
+        lock_timeout,
     )

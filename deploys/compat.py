@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
-from pyinfra.api.exceptions import DeployError
 
 # Toolkit release -> the driver it needs in the usual pairing (Linux, from the CUDA release notes).
 CUDA_RELEASE_MIN_DRIVER: dict[str, str] = {
@@ -126,9 +125,12 @@ NVIDIA_CONTAINER_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable
 NVIDIA_CONTAINER_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_CONTAINER_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 
-
-class CompatibilityError(DeployError):
-    """A requested combination that cannot work; the message names each data key and a fix."""
+# The shapes of the versions that become package names and pins (deploys/settings.py checks
+# inventory data against them too, before anything builds a package name).
+DRIVER_BRANCH = re.compile(r"\d{3}")
+DRIVER_VERSION = re.compile(r"\d{3}\.\d{2,3}(\.\d{2})?")
+CUDNN_VERSION = re.compile(r"\d+\.\d+\.\d+\.\d+")
+CONTAINER_TOOLKIT_VERSION = re.compile(r"1\.\d+\.\d+(~rc\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,9 @@ def tensorflow_version_of_image(image: str) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
-def cuda_repo_url_for(platform: HostPlatform) -> str:
-    return f"{NVIDIA_CUDA_REPO_BASE}/{platform.cuda_repo_release}/x86_64/"
+def cuda_repo_url(release: str) -> str:
+    """NVIDIA's CUDA repository for an OS release directory, e.g. ubuntu2004."""
+    return f"{NVIDIA_CUDA_REPO_BASE}/{release}/x86_64/"
 
 
 def check_stack(request: StackRequest, platform: HostPlatform) -> list[str]:
@@ -214,15 +217,6 @@ def check_stack(request: StackRequest, platform: HostPlatform) -> list[str]:
     return problems
 
 
-def refuse(host_name: str, problems: list[str]) -> None:
-    """Stop the deploy for this host, before any operation, listing every problem."""
-    if problems:
-        listing = "\n".join(f"  - {problem}" for problem in problems)
-        raise CompatibilityError(
-            f"{host_name}: refusing to deploy, nothing was changed on the host:\n{listing}"
-        )
-
-
 def _check_os(platform: HostPlatform) -> list[str]:
     releases = SUPPORTED_OS.get(platform.os_id)
     if releases is None or platform.os_version_id not in releases:
@@ -236,9 +230,9 @@ def _check_os(platform: HostPlatform) -> list[str]:
 
 def _check_driver(request: StackRequest) -> list[str]:
     branch, version = request.nvidia_driver_branch, request.nvidia_driver_version
-    if not re.fullmatch(r"\d{3}", branch):
+    if not DRIVER_BRANCH.fullmatch(branch):
         return [f"nvidia_driver_branch = {branch!r} is not a driver branch; use e.g. '470'"]
-    if not re.fullmatch(r"\d{3}\.\d{2,3}(\.\d{2})?", version):
+    if not DRIVER_VERSION.fullmatch(version):
         return [
             f"nvidia_driver_version = {version!r} is not a driver version; "
             "use the full upstream version, e.g. '470.182.03'"
@@ -283,7 +277,7 @@ def _check_driver_for_cuda(request: StackRequest) -> list[str]:
 
 
 def _check_cudnn(request: StackRequest) -> list[str]:
-    if not re.fullmatch(r"\d+\.\d+\.\d+\.\d+", request.cudnn_version):
+    if not CUDNN_VERSION.fullmatch(request.cudnn_version):
         return [
             f"cudnn_version = {request.cudnn_version!r} is not a full cuDNN package version; "
             "use e.g. '8.1.1.33'"
@@ -352,7 +346,7 @@ def _check_repo(request: StackRequest, platform: HostPlatform) -> list[str]:
 
 def _check_container_toolkit(request: StackRequest) -> list[str]:
     version = request.nvidia_container_toolkit_version
-    if not re.fullmatch(r"1\.\d+\.\d+(~rc\.\d+)?", version):
+    if not CONTAINER_TOOLKIT_VERSION.fullmatch(version):
         return [
             f"nvidia_container_toolkit_version = {version!r} is not a 1.x toolkit release; "
             "use e.g. '1.17.4'"

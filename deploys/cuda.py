@@ -18,7 +18,6 @@ from deploys import apt, compat, files
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
 from facts import snapshot
 from facts.cuda import CudaToolkits
-from facts.gpu_host import GpuHostState, GpuHostStateInfo
 
 CUDA_REPO_NAME = "cuda"
 CUDA_DEFAULT_LINK = "/usr/local/cuda"
@@ -64,22 +63,12 @@ def default_toolkit(path: str):
     )
 
 
-@deploy("NVIDIA CUDA repository", data_defaults=DATA_DEFAULTS)
-def cuda_repository(
-    settings: GpuSettings | None = None, host_state: GpuHostStateInfo | None = None
-) -> None:
-    settings = settings or read_settings(host.data)
-    host_state = host_state or host.get_fact(GpuHostState, packages=[])
-    platform = compat.HostPlatform.from_os_release(host_state["os_release"])
-    keyring = apt.fetch_keyring(
-        "nvidia_cuda_repo_key_url",
-        settings.cuda_repo_key_url(platform),
-        settings.nvidia_cuda_repo_key_fingerprint,
-    )
+@deploy("NVIDIA CUDA repository")
+def cuda_repository(url: str, keyring: bytes) -> None:
     apt.signed_repository(
         name="NVIDIA CUDA repository (signed-by its own keyring)",
         repository=CUDA_REPO_NAME,
-        url=settings.cuda_repo_url(platform),
+        url=url,
         keyring=keyring,
     )
 
@@ -91,6 +80,7 @@ def cuda_toolkit(settings: GpuSettings | None = None) -> None:
     toolkit = apt.pinned_packages(
         name=f"CUDA toolkit {settings.cuda_package_version} (pinned, held)",
         packages={package: f"{settings.cuda_package_version}-*"},
+        lock_timeout=settings.gpu_apt_lock_timeout,
     )
     environment = files.contents(
         name="CUDA on PATH and the loader path",

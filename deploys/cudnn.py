@@ -27,4 +27,5 @@ def cudnn(settings: GpuSettings | None = None) -> None:
     apt.pinned_packages(
         name=f"cuDNN {settings.cudnn_version} for CUDA {settings.cuda_version} (pinned, held)",
         packages=cudnn_packages(settings.cudnn_version, settings.cuda_version),
+        lock_timeout=settings.gpu_apt_lock_timeout,
     )

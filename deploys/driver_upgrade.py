@@ -18,11 +18,11 @@ import shlex
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from deploys import compat
-from deploys.cuda import cuda_repository
+from deploys.cuda import CUDA_REPO_NAME, cuda_repository
 from deploys.nvidia_driver import (
     DRIVER_PACKAGE_PATTERNS,
     can_reload_modules,
@@ -30,7 +30,8 @@ from deploys.nvidia_driver import (
     module_change_reason,
     nvidia_driver,
 )
-from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from deploys.preflight import refuse_host, repository_keyrings
+from deploys.settings import DATA_DEFAULTS, GpuSettings, SettingsError, read_settings
 from deploys.verify import verify
 from facts import snapshot
 from facts.gpu_host import GpuHostStateInfo
@@ -127,27 +128,10 @@ def refusal(change: DriverChange, drain: bool) -> str | None:
     return None
 
 
-@operation()
-def refuse_host(reason: str):
-    """
-    Fail the host before any change, saying why.
-
-    + reason: what keeps gpufleet off the host
-    """
-
-    def fail(state, host) -> bool:
-        host.log_styled(
-            f"{reason} Nothing was changed.", fg="red", bold=True, log_func=logger.error
-        )
-        return False
-
-    yield FunctionCommand(fail, (), {})
-
-
 def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -> bool:
     """
-    Log the host's pending driver change, then refuse it (a failing operation, so the other
-    hosts carry on) or drain its GPU containers. Returns whether the deploy may go on.
+    Log the host's pending driver change, then refuse it (the other hosts carry on) or drain
+    its GPU containers. Returns whether the deploy may go on.
     """
     change = plan_driver_change(settings, host_state)
     if change is None:
@@ -155,7 +139,7 @@ def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -
     host.log_styled(change.summary(), fg="cyan", log_func=logger.info)
     reason = refusal(change, settings.upgrade_drain)
     if reason is not None:
-        refuse_host(name="Refuse the driver change", reason=reason)
+        refuse_host([reason])
         return False
     if change.gpu_containers:
         names = [container["name"] for container in change.gpu_containers]
@@ -171,13 +155,23 @@ def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -
 
 @deploy("gpufleet driver upgrade", data_defaults=DATA_DEFAULTS)
 def driver_upgrade() -> None:
-    settings = read_settings(host.data)
+    try:
+        settings = read_settings(host.data)
+    except SettingsError as error:
+        refuse_host([str(error)])
+        return
     host_state = snapshot.take(packages=list(DRIVER_PACKAGE_PATTERNS))
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
-    compat.refuse(host.name, compat.check_stack(settings.stack_request, platform))
+    problems = compat.check_stack(settings.stack_request, platform)
+    keyrings: dict[str, bytes] = {}
+    if not problems:
+        keyrings, problems = repository_keyrings(settings, platform, (CUDA_REPO_NAME,))
+    if problems:
+        refuse_host(problems)
+        return
     if not prepare_driver_change(settings, host_state):
         return
-    cuda_repository(settings=settings, host_state=host_state)
+    cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
     nvidia_driver(settings=settings, host_state=host_state)
     verify(settings=settings, smoke_test=settings.upgrade_smoke_test)
 

@@ -31,6 +31,11 @@ def upload_changed(files: Mapping[str, bytes], mode: str) -> Iterator[PyinfraCom
         return
     directories = sorted({posixpath.dirname(path) for path in changed})
     yield StringCommand("mkdir", "-p", *(QuoteString(d) for d in directories))
+    if int(mode, 8) & 0o077 == 0:
+        # A private file (credentials) is created with its mode before its contents arrive:
+        # the upload writes into it, so it is never readable by others, not even for a moment.
+        for path in sorted(changed):
+            yield StringCommand("install", "-m", mode, "/dev/null", QuoteString(path))
     for path, data in sorted(changed.items()):
         yield FileUploadCommand(
             io.BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path)

@@ -5,7 +5,8 @@ page and as a Markdown table for terminals. Versions that differ from the fleet'
 
 Each result file is JSON: {"host", "os", "verdict": HostVerdict, "facts": {...}, "smoke_test":
 tf_smoke_test.py's report or null}, with facts keyed as GpuHostState's (nvidia_smi, cuda,
-cudnn_version, docker_info, ...).
+cudnn_version, docker_info, ...). A file that cannot be read, or is shaped otherwise, is a row
+saying why. Values from the hosts are escaped in both reports.
 
     python -m deploys.fleet_report RESULTS_DIR --driver 470.182.03 --cuda 11.2 --cudnn 8.1.1 \\
         [--html out.html] [--markdown out.md]
@@ -20,9 +21,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args
 
-from deploys.diagnosis import Expectations, gpu_models
+from deploys.diagnosis import Expectations, HostState, gpu_models
 
 COLUMNS = (
     ("host", "Host"),
@@ -46,46 +47,95 @@ class Row:
     summary: str
 
 
-def pinned_cuda_release(facts: dict[str, Any], pins: Expectations) -> str | None:
-    toolkit = ((facts.get("cuda") or {}).get("toolkits") or {}).get(pins.cuda_version)
-    return toolkit.get("nvcc_release") if toolkit else None
+class UnreadableResult(ValueError):
+    """Why a result file gives no host row: unreadable, not JSON, or not shaped as gpufleet's."""
+
+
+T = TypeVar("T")
+# What JSON calls the types json.loads makes, to say what a value is and what was expected.
+JSON_TYPE_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+STATES: tuple[str, ...] = get_args(HostState)
+
+
+def optional(parent: dict[str, Any], key: str, kind: type[T] | tuple[type[T], ...]) -> T | None:
+    """``parent[key]``: None when absent or null, UnreadableResult when not of ``kind``."""
+    value = parent.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    expected = " or ".join(dict.fromkeys(JSON_TYPE_NAMES[each] for each in kinds))
+    raise UnreadableResult(f"{key} is {JSON_TYPE_NAMES[type(value)]}, not {expected}")
+
+
+def required(parent: dict[str, Any], key: str, kind: type[T]) -> T:
+    """``parent[key]``; UnreadableResult when absent, null or not of ``kind``."""
+    value = optional(parent, key, kind)
+    if value is None:
+        raise UnreadableResult(f"no {key}")
+    return value
+
+
+def objects(parent: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The objects listed in ``parent[key]`` (none when absent or null)."""
+    values: list[Any] = optional(parent, key, list) or []
+    for value in values:
+        if not isinstance(value, dict):
+            raise UnreadableResult(f"{key} lists {JSON_TYPE_NAMES[type(value)]}, not an object")
+    return values
+
+
+def pinned_cuda_release(cuda: dict[str, Any], pins: Expectations) -> str | None:
+    toolkit = optional(optional(cuda, "toolkits", dict) or {}, pins.cuda_version, dict)
+    return optional(toolkit, "nvcc_release", str) if toolkit else None
 
 
 def runtime_text(docker_info: dict[str, Any] | None) -> str:
     if not docker_info:
         return "no docker"
-    default = docker_info.get("default_runtime") or "?"
-    nvidia = "nvidia registered" if "nvidia" in (docker_info.get("runtimes") or {}) else "no nvidia"
+    default = optional(docker_info, "default_runtime", str) or "?"
+    runtimes = optional(docker_info, "runtimes", dict) or {}
+    nvidia = "nvidia registered" if "nvidia" in runtimes else "no nvidia"
     return f"default {default}, {nvidia}"
 
 
 def tensorflow_text(smoke_test: dict[str, Any] | None) -> str:
     if smoke_test is None:
         return "not run"
-    version = smoke_test.get("tensorflow_version") or "not importable"
-    if smoke_test.get("passed"):
+    version = optional(smoke_test, "tensorflow_version", str) or "not importable"
+    if optional(smoke_test, "passed", bool):
         return f"{version} pass"
-    return f"{version} FAIL: {smoke_test.get('error') or 'failed'}"
+    return f"{version} FAIL: {optional(smoke_test, 'error', str) or 'failed'}"
 
 
 def matmul_text(smoke_test: dict[str, Any] | None) -> str:
     timings = [
-        f"{check['gpu']}: {check['ms']:.2f}"
-        for check in (smoke_test or {}).get("checks") or []
-        if check.get("name") == "matmul" and check.get("ms") is not None
+        f"{check.get('gpu')}: {ms:.2f}"
+        for check in objects(smoke_test or {}, "checks")
+        if check.get("name") == "matmul" and (ms := optional(check, "ms", (int, float))) is not None
     ]
     return ", ".join(timings) or "-"
 
 
 def host_row(result: dict[str, Any], pins: Expectations) -> Row:
-    facts = result.get("facts") or {}
-    verdict = result.get("verdict") or {}
-    nvidia_smi = facts.get("nvidia_smi") or {}
-    smoke_test = result.get("smoke_test")
-    driver = nvidia_smi.get("driver_version")
-    cuda_release = pinned_cuda_release(facts, pins)
-    toolkits = sorted((facts.get("cuda") or {}).get("toolkits") or {})
-    cudnn = facts.get("cudnn_version")
+    """The host's row; UnreadableResult when a value the report shows has an unexpected type."""
+    host = required(result, "host", str)
+    facts = required(result, "facts", dict)
+    verdict = required(result, "verdict", dict)
+    nvidia_smi = optional(facts, "nvidia_smi", dict) or {}
+    cuda = optional(facts, "cuda", dict) or {}
+    smoke_test = optional(result, "smoke_test", dict)
+    driver = optional(nvidia_smi, "driver_version", str)
+    cuda_release = pinned_cuda_release(cuda, pins)
+    toolkits = sorted(optional(cuda, "toolkits", dict) or {})
+    cudnn = optional(facts, "cudnn_version", str)
     drift = {
         column
         for column, seen, pinned in (
@@ -95,42 +145,53 @@ def host_row(result: dict[str, Any], pins: Expectations) -> Row:
         )
         if seen != pinned
     }
-    gpus = nvidia_smi.get("gpus") or []
-    state = verdict.get("state", "unverified")
+    # gpu_models reads each GPU's name only.
+    gpus = [{"name": required(gpu, "name", str)} for gpu in objects(nvidia_smi, "gpus")]
+    state = optional(verdict, "state", str) or "unverified"
+    if state not in STATES:
+        raise UnreadableResult(f"state is {state!r}, not one of {', '.join(STATES)}")
     cells = {
-        "host": str(result.get("host", "?")),
-        "os": str(result.get("os") or "?"),
+        "host": host,
+        "os": optional(result, "os", str) or "?",
         "driver": driver or "none",
         "cuda": ", ".join(toolkits) or "none",
         "cudnn": cudnn or "none",
-        "runtime": runtime_text(facts.get("docker_info")),
+        "runtime": runtime_text(optional(facts, "docker_info", dict)),
         "gpus": gpu_models(gpus),
         "tensorflow": tensorflow_text(smoke_test),
         "matmul_ms": matmul_text(smoke_test),
-        "broken_layer": verdict.get("broken_layer") or ("-" if state == "ok" else f"({state})"),
+        "broken_layer": optional(verdict, "broken_layer", str)
+        or ("-" if state == "ok" else f"({state})"),
     }
-    return Row(cells, state, frozenset(drift), str(verdict.get("summary", "")))
+    return Row(cells, state, frozenset(drift), optional(verdict, "summary", str) or "")
 
 
-def unreadable_row(path: Path, error: str) -> Row:
+def unreadable_row(path: Path, reason: str) -> Row:
     cells = {key: "?" for key, _ in COLUMNS}
     cells["host"] = path.stem
     cells["broken_layer"] = "(unreadable)"
-    return Row(cells, "unreadable", frozenset(), f"{path.name}: unreadable result file: {error}")
+    return Row(cells, "unreadable", frozenset(), f"{path.name}: unreadable result file: {reason}")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; UnreadableResult saying why there is none."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UnreadableResult(str(error)) from error
+    if not isinstance(result, dict):
+        raise UnreadableResult(f"{JSON_TYPE_NAMES[type(result)]}, not an object")
+    return result
 
 
 def load_rows(results_dir: Path, pins: Expectations) -> list[Row]:
+    """One row per result file; a file that cannot be read is a row saying why."""
     rows = []
     for path in sorted(results_dir.glob("*.json")):
         try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            rows.append(host_row(read_result(path), pins))
+        except UnreadableResult as error:
             rows.append(unreadable_row(path, str(error)))
-            continue
-        if not isinstance(result, dict):
-            rows.append(unreadable_row(path, "not a JSON object"))
-            continue
-        rows.append(host_row(result, pins))
     return rows
 
 
@@ -148,12 +209,19 @@ def totals_text(rows: Sequence[Row]) -> str:
 
 
 def markdown_cell(text: str) -> str:
-    return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|")
+    """
+    ``text`` as inline Markdown that shows as written: on one line, with no HTML, no code span,
+    and no ``|`` ending a table cell.
+    """
+    one_line = " ".join(text.split())
+    for character in ("\\", "|", "`"):
+        one_line = one_line.replace(character, "\\" + character)
+    return html.escape(one_line, quote=False)
 
 
 def render_markdown(rows: Sequence[Row], pins: Expectations) -> str:
     lines = [
-        f"Fleet report (pinned: {pins_text(pins)}). {totals_text(rows)}.",
+        f"Fleet report (pinned: {markdown_cell(pins_text(pins))}). {totals_text(rows)}.",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

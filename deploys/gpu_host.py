@@ -16,11 +16,24 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from deploys import compat
-from deploys.apt import repository_files
-from deploys.cuda import CUDA_REPO_NAME, cuda_repository, cuda_toolkit, environment_files
+from deploys import compat, urls
+from deploys.apt import auth_file, repository_files
+from deploys.cuda import (
+    CUDA_REPO_NAME,
+    cuda_repository,
+    cuda_toolkit,
+    environment_files,
+)
 from deploys.cudnn import cudnn, cudnn_packages
-from deploys.docker import DAEMON_JSON_PATH, DOCKER_SERVICE, daemon_config_problem, docker
+from deploys.docker import (
+    DAEMON_JSON_PATH,
+    DOCKER_SERVICE,
+    daemon_config_problem,
+    docker,
+    merge_daemon_config,
+    restart_reason,
+    restart_refusal,
+)
 from deploys.driver_upgrade import prepare_driver_change
 from deploys.nvidia_container import (
     CONTAINER_REPO_NAME,
@@ -37,9 +50,11 @@ from deploys.nvidia_driver import (
     driver_packages,
     nvidia_driver,
 )
-from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from deploys.preflight import logger, refuse_host, repository_keyrings
+from deploys.settings import DATA_DEFAULTS, GpuSettings, SettingsError, read_settings
 from deploys.verify import HOST_TEST_PACKAGES, verify
 from facts import snapshot
+from facts.gpu_host import GpuHostStateInfo
 
 
 def managed_packages(settings: GpuSettings) -> list[str]:
@@ -58,16 +73,29 @@ def managed_packages(settings: GpuSettings) -> list[str]:
 
 
 def managed_state(settings: GpuSettings) -> dict[str, Any]:
-    """GpuHostState's arguments: everything the deploy's operations check on the host."""
+    """
+    GpuHostState's arguments: everything the deploy's operations check on the host. Without a
+    mirror, the CUDA repository's URL depends on the OS release, which this read tells: the
+    sources are searched for NVIDIA's repository of every release.
+    """
     files = [
         *repository_files(CUDA_REPO_NAME),
         *repository_files(CONTAINER_REPO_NAME),
+        auth_file(CUDA_REPO_NAME),
+        auth_file(CONTAINER_REPO_NAME),
         NOUVEAU_BLACKLIST_PATH,
         PERSISTENCED_DROPIN_PATH,
         *environment_files(settings.cuda_version),
     ]
+    cuda_urls = (
+        [settings.nvidia_cuda_repo_url]
+        if settings.nvidia_cuda_repo_url
+        else [compat.cuda_repo_url(release) for release in compat.CUDA_REPO_RELEASES]
+    )
+    repository_urls = [settings.nvidia_container_repo_url, *cuda_urls]
     return {
         "packages": managed_packages(settings),
+        "repository_locations": sorted(urls.location(url) for url in repository_urls),
         "daemon_json_path": DAEMON_JSON_PATH,
         "files": sorted(files),
         "symlinks": [PERSISTENCED_BOOT_LINK],
@@ -75,27 +103,74 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
     }
 
 
+def docker_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list[str]:
+    """daemon.json that dockerd could not read, or a restart that would stop running jobs."""
+    daemon = host_state["docker_daemon_config"]
+    problem = daemon_config_problem(DAEMON_JSON_PATH, daemon["parse_error"])
+    if problem:
+        return [problem]
+    wanted = merge_daemon_config(
+        daemon["config"] or {},
+        settings.docker_default_runtime,
+        settings.docker_daemon_config,
+        daemon["managed_keys"],
+    )
+    info = host_state["docker_info"]
+    reason = restart_reason(daemon, wanted, info)
+    refusal = restart_refusal(
+        reason,
+        info,
+        host_state["gpu_users"]["containers"],
+        settings.docker_restart_with_running_containers,
+    )
+    if refusal:
+        return [refusal]
+    if reason and info and info["live_restore"] and info["containers_running"]:
+        host.log_styled(
+            f"docker restarts ({reason}); live-restore keeps its "
+            f"{info['containers_running']} running container(s) running",
+            fg="cyan",
+            log_func=logger.info,
+        )
+    return []
+
+
 @deploy("gpufleet GPU host", data_defaults=DATA_DEFAULTS)
 def gpu_host() -> None:
-    settings = read_settings(host.data)
+    try:
+        settings = read_settings(host.data)
+    except SettingsError as error:
+        refuse_host([str(error)])
+        return
+    for warning in settings.warnings:
+        host.log_styled(warning, fg="yellow", log_func=logger.warning)
     host_state = snapshot.take(**managed_state(settings))
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
     problems = compat.check_stack(settings.stack_request, platform)
-    daemon_problem = daemon_config_problem(
-        DAEMON_JSON_PATH, host_state["docker_daemon_config"]["parse_error"]
-    )
-    if daemon_problem:
-        problems.append(daemon_problem)
-    compat.refuse(host.name, problems)
+    problems += docker_problems(settings, host_state)
+    keyrings: dict[str, bytes] = {}
+    if not problems:
+        keyrings, key_problems = repository_keyrings(
+            settings, platform, (CUDA_REPO_NAME, CONTAINER_REPO_NAME)
+        )
+        problems += key_problems
+    if problems:
+        refuse_host(problems)
+        return
     if not prepare_driver_change(settings, host_state):
         return
 
-    cuda_repository(settings=settings, host_state=host_state)
+    cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
     nvidia_driver(settings=settings, host_state=host_state)
     cuda_toolkit(settings=settings)
     cudnn(settings=settings)
-    nvidia_container_toolkit(settings=settings)
-    docker(settings=settings)
+    nvidia_container_toolkit(settings=settings, keyring=keyrings[CONTAINER_REPO_NAME])
+    docker(
+        docker_package=settings.docker_package,
+        default_runtime=settings.docker_default_runtime,
+        daemon_settings=settings.docker_daemon_config,
+        lock_timeout=settings.gpu_apt_lock_timeout,
+    )
     if settings.gpu_verify:
         verify(settings=settings)
 

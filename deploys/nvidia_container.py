@@ -7,11 +7,10 @@ package of the set, apt would take the newest tools under an old toolkit.
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.api import deploy
 
 from deploys import apt
-from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from deploys.settings import GpuSettings
 
 CONTAINER_REPO_NAME = "nvidia-container-toolkit"
 CONTAINER_TOOLKIT_PACKAGES = (
@@ -26,14 +25,8 @@ def container_toolkit_packages(version: str) -> dict[str, str | None]:
     return {package: f"{version}-*" for package in CONTAINER_TOOLKIT_PACKAGES}
 
 
-@deploy("NVIDIA container toolkit", data_defaults=DATA_DEFAULTS)
-def nvidia_container_toolkit(settings: GpuSettings | None = None) -> None:
-    settings = settings or read_settings(host.data)
-    keyring = apt.fetch_keyring(
-        "nvidia_container_repo_key_url",
-        settings.nvidia_container_repo_key_url,
-        settings.nvidia_container_repo_key_fingerprint,
-    )
+@deploy("NVIDIA container toolkit")
+def nvidia_container_toolkit(settings: GpuSettings, keyring: bytes) -> None:
     apt.signed_repository(
         name="NVIDIA container toolkit repository (signed-by its own keyring)",
         repository=CONTAINER_REPO_NAME,
@@ -43,4 +36,5 @@ def nvidia_container_toolkit(settings: GpuSettings | None = None) -> None:
     apt.pinned_packages(
         name=f"nvidia-container-toolkit {settings.nvidia_container_toolkit_version} (pinned, held)",
         packages=container_toolkit_packages(settings.nvidia_container_toolkit_version),
+        lock_timeout=settings.gpu_apt_lock_timeout,
     )

@@ -250,6 +250,7 @@ def nvidia_driver(
     apt.pinned_packages(
         name=f"Kernel headers for the running kernel ({host_state['kernel_release']})",
         packages={f"linux-headers-{host_state['kernel_release']}": None},
+        lock_timeout=settings.gpu_apt_lock_timeout,
         hold=False,
     )
     blacklist = files.contents(
@@ -270,16 +271,18 @@ def nvidia_driver(
             commands=[
                 apt.transaction(
                     [
-                        "dpkg --configure -a",
-                        f"{apt.APT_GET} purge --allow-change-held-packages "
+                        f"{apt.apt_get(settings.gpu_apt_lock_timeout)} purge "
+                        "--allow-change-held-packages "
                         + " ".join(shlex.quote(name) for name in replaced),
-                    ]
+                    ],
+                    settings.gpu_apt_lock_timeout,
                 )
             ],
         )
     apt.pinned_packages(
         name=f"NVIDIA driver {settings.nvidia_driver_version} (pinned, held)",
         packages=driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
+        lock_timeout=settings.gpu_apt_lock_timeout,
     )
     persistenced = files.contents(
         name="nvidia-persistenced in persistence mode",

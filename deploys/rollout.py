@@ -7,6 +7,8 @@ in which a host failed (refused, not upgraded, or not verified).
 
 The batch size is --batch-size, else the inventory's `upgrade_batch_size` (default 1). At the
 end it prints the hosts done, failed and not reached; the hosts not reached were not touched.
+Exit status: 0 all done, 1 a host failed, 2 the inventory cannot be rolled out (the reason on
+stderr). --dry never waits for input: hosts that cannot be reached are reported, and fail it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from deploys.settings import DATA_DEFAULTS, read_settings
+from deploys.settings import DATA_DEFAULTS, SettingsError, read_settings
 
 DEPLOY = str(Path(__file__).with_name("driver_upgrade.py"))
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+# What pyinfra prints below an unexpected error: where the traceback went, and bug reports.
+PYINFRA_POINTERS = ("--> The full traceback", "--> If this is unexpected")
 
 
 class RolloutError(RuntimeError):
-    """The inventory cannot be rolled out (unreadable, or batch sizes that disagree)."""
+    """
+    The inventory cannot be rolled out: unreadable, no hosts, invalid data, or batch sizes that
+    disagree.
+    """
 
 
 @dataclass
@@ -41,22 +49,46 @@ class Rollout:
         )
 
 
+def pyinfra_error(stderr: str) -> str:
+    """Why pyinfra failed: the last line it printed, its pointers below the error left out."""
+    lines = [
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith(PYINFRA_POINTERS)
+    ]
+    return lines[-1].removeprefix("--> ") if lines else "pyinfra failed, saying nothing"
+
+
 def inventory_hosts(inventory: str, pyinfra_args: list[str]) -> list[tuple[str, int]]:
     """(name, upgrade_batch_size) of each host, in inventory order, as pyinfra reads them."""
+    # pyinfra reads a name that is no file as a host or module name, and finds no hosts.
+    if inventory.endswith(".py") and not Path(inventory).is_file():
+        raise RolloutError(f"cannot read inventory {inventory}: no such file")
     process = subprocess.run(
         [PYINFRA, "--json", *pyinfra_args, inventory, "debug-inventory"],
         capture_output=True,
         text=True,
         check=False,
     )
+    if process.returncode != 0:
+        raise RolloutError(f"cannot read inventory {inventory}: {pyinfra_error(process.stderr)}")
     try:
         hosts = json.loads(process.stdout)
     except json.JSONDecodeError as error:
-        raise RolloutError(f"cannot read inventory {inventory}:\n{process.stderr}") from error
-    return [
-        (host["name"], read_settings({**DATA_DEFAULTS, **host["data"]}).upgrade_batch_size)
-        for host in hosts
-    ]
+        raise RolloutError(
+            f"cannot read inventory {inventory}: pyinfra's host list is not JSON ({error})"
+        ) from error
+    if not hosts:
+        raise RolloutError(f"inventory {inventory} has no hosts")
+    return [(host["name"], upgrade_batch_size(host)) for host in hosts]
+
+
+def upgrade_batch_size(host: dict[str, Any]) -> int:
+    """The host's upgrade_batch_size, from its entry in pyinfra's JSON host list."""
+    try:
+        return read_settings({**DATA_DEFAULTS, **host["data"]}).upgrade_batch_size
+    except SettingsError as error:
+        raise RolloutError(f"{host['name']}: {error}") from error
 
 
 def batches(hosts: list[str], size: int) -> list[list[str]]:
@@ -80,6 +112,23 @@ def run_batch(inventory: str, hosts: list[str], pyinfra_args: list[str]) -> list
     if process.returncode != 0 and not failed:
         return hosts
     return [host for host in hosts if host in failed]
+
+
+def dry_run_command(inventory: str, pyinfra_args: list[str]) -> list[str]:
+    # -y: without it pyinfra asks whether to go on when a host cannot be reached (only when some
+    # others can), and a dry run has nobody to answer. It also skips the table of detected
+    # changes; each host's plan is logged by the deploy itself.
+    return [PYINFRA, "-y", "--dry", *pyinfra_args, inventory, DEPLOY]
+
+
+def dry_run(inventory: str, pyinfra_args: list[str]) -> int:
+    """Log each host's plan, changing nothing; pyinfra's exit status (1 when a host failed)."""
+    inventory_hosts(inventory, pyinfra_args)
+    command = dry_run_command(inventory, pyinfra_args)
+    status = subprocess.run(command, stdin=subprocess.DEVNULL, check=False).returncode
+    if status != 0:
+        print("rollout: the dry run failed, see pyinfra's output above", file=sys.stderr)
+    return status
 
 
 def roll_out(
@@ -116,10 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_intermixed_args(argv)
     if arguments.batch_size is not None and arguments.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    if arguments.dry:
-        command = [PYINFRA, "--dry", *arguments.pyinfra_args, arguments.inventory, DEPLOY]
-        return subprocess.run(command, check=False).returncode
-    rollout = roll_out(arguments.inventory, arguments.batch_size, arguments.pyinfra_args)
+    try:
+        if arguments.dry:
+            return dry_run(arguments.inventory, arguments.pyinfra_args)
+        rollout = roll_out(arguments.inventory, arguments.batch_size, arguments.pyinfra_args)
+    except RolloutError as error:
+        print(f"rollout: {error}", file=sys.stderr)
+        return 2
     print(rollout.report())
     return 1 if rollout.failed else 0
 

@@ -26,7 +26,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, Host, State, deploy, operation
 from pyinfra.operations import pip
 
-from deploys import apt, compat
+from deploys import apt
 from deploys.diagnosis import (
     HOST_TENSORFLOW_VERSION,
     LAYERS,
@@ -38,6 +38,7 @@ from deploys.diagnosis import (
     parse_smoke_test_output,
     version_tuple,
 )
+from deploys.preflight import refuse_host
 from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
 from facts import snapshot
 from facts.gpu_host import Python3Version
@@ -209,9 +210,11 @@ def verify(
     host_python = None
     if run_smoke_test and settings.tensorflow_host_test:
         problem = host_python_problem(snapshot.current(Python3Version))
-        compat.refuse(host.name, [problem] if problem else [])
+        if problem:
+            refuse_host([problem])
+            return
         if install_host_test:
-            host_tensorflow()
+            host_tensorflow(settings.gpu_apt_lock_timeout)
         host_python = HOST_TENSORFLOW_PYTHON
     layers = "hardware to framework" if run_smoke_test else "hardware to container runtime"
     verified(
@@ -224,11 +227,12 @@ def verify(
     )
 
 
-def host_tensorflow() -> None:
+def host_tensorflow(lock_timeout: int) -> None:
     """The host test's virtualenv with TensorFlow 2.9 (a GPU build: the pip package is one)."""
     apt.pinned_packages(
         name="python3-venv for the host TensorFlow test",
         packages=dict.fromkeys(HOST_TEST_PACKAGES),
+        lock_timeout=lock_timeout,
         hold=False,
     )
     pip.virtualenv(

@@ -78,3 +78,49 @@ class HeldPackages(FactBase[list[str]]):
 
     def process(self, output: list[str]) -> list[str]:
         return parse_showhold(output)
+
+
+APT_SOURCE_FILES = (
+    "/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources"
+)
+
+
+# Prints each file with a line that is not a comment and holds $LOCATION (a fixed string).
+_MENTIONS = 'index($0, ENVIRON["LOCATION"]) && $0 !~ /^[[:space:]]*#/ { print FILENAME; nextfile }'
+
+
+def parse_source_files(output: list[str]) -> dict[str, list[str]]:
+    """``grep -l`` output after a ``@@<location>`` line per location -> location: its files."""
+    files: dict[str, list[str]] = {}
+    location = None
+    for line in output:
+        if line.startswith("@@"):
+            location = line[2:]
+            files[location] = []
+        elif location is not None and line.strip():
+            files[location].append(line.strip())
+    return files
+
+
+class AptSourceFiles(FactBase[dict[str, list[str]]]):
+    """
+    Returns, per repository location (``host/path`` of its URL, without scheme, credentials or
+    trailing slash), the apt source files that mention it outside comments: /etc/apt/sources.list
+    and the .list and .sources files of sources.list.d.
+    """
+
+    default = dict
+
+    def command(self, locations: list[str]) -> str:
+        return "; ".join(
+            [
+                f"echo {shlex.quote('@@' + location)}; "
+                f"LOCATION={shlex.quote(location)} awk {shlex.quote(_MENTIONS)} "
+                f"{APT_SOURCE_FILES} 2>/dev/null"
+                for location in locations
+            ]
+            + ["true"]
+        )
+
+    def process(self, output: list[str]) -> dict[str, list[str]]:
+        return parse_source_files(output)

@@ -14,7 +14,7 @@ from pyinfra.api import FactBase
 from pyinfra.facts.server import KernelVersion
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from facts.apt import DebPackageState, DebPackageStates, HeldPackages
+from facts.apt import AptSourceFiles, DebPackageState, DebPackageStates, HeldPackages
 from facts.cuda import CudaToolkits, CudaToolkitsInfo
 from facts.cudnn import CudnnVersion
 from facts.docker import DockerDaemonConfig, DockerDaemonConfigInfo, DockerInfo, DockerInfoData
@@ -127,6 +127,7 @@ class GpuHostStateInfo(TypedDict):
     cudnn_version: str | None
     packages: dict[str, DebPackageState]
     held_packages: list[str]
+    apt_source_files: dict[str, list[str]]
     docker_daemon_config: DockerDaemonConfigInfo
     docker_info: DockerInfoData | None
     dockerd_installed: bool
@@ -149,6 +150,7 @@ SECTION_FACTS: dict[str, FactBase] = {
     "cudnn_version": CudnnVersion(),
     "packages": DebPackageStates(),
     "held_packages": HeldPackages(),
+    "apt_source_files": AptSourceFiles(),
     "docker_daemon_config": DockerDaemonConfig(),
     "docker_info": DockerInfo(),
     "dockerd_installed": CommandInstalled(),
@@ -163,6 +165,7 @@ SECTION_FACTS: dict[str, FactBase] = {
 
 def section_arguments(
     packages: Sequence[str],
+    repository_locations: Sequence[str],
     daemon_json_path: str,
     files: Sequence[str],
     symlinks: Sequence[str],
@@ -171,6 +174,7 @@ def section_arguments(
     """Each section's fact arguments (GpuHostState's, spread over its sections), {} for none."""
     arguments: dict[str, dict[str, Any]] = {
         "packages": {"packages": list(packages)},
+        "apt_source_files": {"locations": list(repository_locations)},
         "docker_daemon_config": {"path": daemon_json_path},
         "dockerd_installed": {"command_name": "dockerd"},
         "file_digests": {"paths": list(files)},
@@ -199,7 +203,8 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     """
     Returns, in one round trip, what the individual facts return: os_release, kernel_release,
     nvidia_smi, nvidia_kernel, cuda, cudnn_version, packages (DebPackageStates of ``packages``),
-    held_packages, docker_daemon_config, docker_info, dockerd_installed, python3_version,
+    held_packages, apt_source_files (AptSourceFiles of ``repository_locations``),
+    docker_daemon_config, docker_info, dockerd_installed, python3_version,
     gpu_users, file_digests (FileDigests of ``files``), symlink_targets (SymlinkTargets of
     ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
     ``units``).
@@ -212,6 +217,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     def command(
         self,
         packages: Sequence[str],
+        repository_locations: Sequence[str] = (),
         daemon_json_path: str = "/etc/docker/daemon.json",
         files: Sequence[str] = (),
         symlinks: Sequence[str] = (),
@@ -220,6 +226,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
         return combined_command(
             section_commands(
                 packages=packages,
+                repository_locations=repository_locations,
                 daemon_json_path=daemon_json_path,
                 files=files,
                 symlinks=symlinks,

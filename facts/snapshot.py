@@ -21,7 +21,7 @@ from pyinfra.api import FactBase, Host, State
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from facts.apt import DebPackageStates
+from facts.apt import AptSourceFiles, DebPackageStates
 from facts.files import FileDigests, SymlinkTargets
 from facts.gpu_host import SECTION_FACTS, GpuHostState, GpuHostStateInfo, section_arguments
 
@@ -31,6 +31,7 @@ T = TypeVar("T")
 # some items holds the answer for any of them.
 ITEM_ARGUMENTS: dict[type[FactBase], str] = {
     DebPackageStates: "packages",
+    AptSourceFiles: "locations",
     FileDigests: "paths",
     SymlinkTargets: "paths",
     SystemdStatus: "services",

@@ -24,7 +24,7 @@ from pyinfra.connectors.fake import FakeConnector
 from pyinfra.context import ctx_host, ctx_state
 
 from deploys import compat
-from deploys.apt import KEYRING_DIR, SOURCES_DIR, dearmor, source_line
+from deploys.apt import KEYRING_DIR, SOURCES_DIR, source_line
 from deploys.cuda import CUDA_REPO_NAME, environment_files, toolkit_path
 from deploys.cudnn import cudnn_packages
 from deploys.docker import DAEMON_JSON_PATH, merge_daemon_config, render_daemon_config
@@ -38,6 +38,7 @@ from deploys.nvidia_driver import (
     PERSISTENCED_UNIT,
     driver_packages,
 )
+from deploys.repository_keys import dearmor
 from deploys.settings import DATA_DEFAULTS
 from facts.docker import DAEMON_JSON_EXISTS_MARKER
 from facts.gpu_host import SECTION_MARKER
@@ -163,7 +164,7 @@ def converged_ubuntu_2004(data: dict[str, Any]) -> FakeHost:
     settings = {**DATA_DEFAULTS, **data}
     host = bare_ubuntu_2004()
     platform = compat.HostPlatform.from_os_release({"ID": "ubuntu", "VERSION_ID": "20.04"})
-    cuda_url = settings["nvidia_cuda_repo_url"] or compat.cuda_repo_url_for(platform)
+    cuda_url = settings["nvidia_cuda_repo_url"] or compat.cuda_repo_url(platform.cuda_repo_release)
     keyring = dearmor(FIXTURE_KEY.read_bytes())
     for repository, url in (
         (CUDA_REPO_NAME, cuda_url),
@@ -179,8 +180,8 @@ def converged_ubuntu_2004(data: dict[str, Any]) -> FakeHost:
         host.files[path] = text.encode()
     host.files[DAEMON_JSON_PATH] = render_daemon_config(
         merge_daemon_config(
-            {}, settings["docker_default_runtime"], settings["docker_daemon_config"]
-        )
+            {}, settings["docker_default_runtime"], settings["docker_daemon_config"], []
+        ).config
     )
     host.cuda_default_path = toolkit_path(settings["cuda_version"])
 

@@ -1,104 +1,44 @@
-"""Repository keys: fingerprints computed here must equal what gpg itself reports."""
+"""apt source lines, logins, other source files' entries and package transactions."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from deploys.apt import (
-    RepositoryKeyError,
-    dearmor,
-    fetch_keyring,
-    key_fingerprint,
-    source_line,
-    transaction,
-)
-from tests.fakehost import FIXTURE_KEY, FIXTURE_KEY_FINGERPRINT
+from deploys.apt import auth_entry, source_line, take_over_command, transaction
+from deploys.urls import credentials
+
+# dpkg as the transaction calls it: answering like the real one while the file "locked" exists.
+FAKE_DPKG = """#!/bin/sh
+if [ -e "$(dirname "$0")/locked" ]; then
+    echo "dpkg: error: dpkg frontend lock was locked by another process with pid $$" >&2
+    exit 2
+fi
+"""
 
 
-def gpg(home: Path, *args: str) -> str:
+@pytest.fixture
+def fake_dpkg(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dpkg").write_text(FAKE_DPKG)
+    (bin_dir / "dpkg").chmod(0o755)
+    return bin_dir
+
+
+def run_transaction(
+    bin_dir: Path, steps: list[str], lock_timeout: int, log: Path
+) -> subprocess.CompletedProcess[str]:
+    # This machine runs no systemd: the steps run in the foreground, with the same contract.
     return subprocess.run(
-        ["gpg", "--batch", "--quiet", *args],
-        env={**os.environ, "GNUPGHOME": str(home)},
-        check=True,
+        ["sh", "-c", transaction(steps, lock_timeout, str(log))],
         capture_output=True,
         text=True,
-    ).stdout
-
-
-@pytest.fixture(params=["rsa3072", "ed25519", "dsa2048"])
-def generated_key(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[bytes, str]:
-    """A fresh key made by real gpg: (armored export, the fingerprint gpg reports)."""
-    if shutil.which("gpg") is None:
-        pytest.skip("needs gpg (apt-get install gnupg)")
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    gpg(
-        home,
-        "--passphrase",
-        "",
-        "--quick-gen-key",
-        "test <t@example.invalid>",
-        request.param,
-        "sign",
-        "never",
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
     )
-    colons = gpg(home, "--with-colons", "--fingerprint")
-    fingerprint = next(line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr"))
-    return gpg(home, "--armor", "--export").encode(), fingerprint
-
-
-def test_fingerprint_matches_gpg(generated_key: tuple[bytes, str]) -> None:
-    armored, fingerprint = generated_key
-    assert key_fingerprint(dearmor(armored)) == fingerprint
-
-
-def test_dearmor_equals_gpg_dearmor(generated_key: tuple[bytes, str], tmp_path: Path) -> None:
-    armored, _ = generated_key
-    source = tmp_path / "key.asc"
-    source.write_bytes(armored)
-    binary = subprocess.run(
-        ["gpg", "--dearmor"], input=armored, capture_output=True, check=True
-    ).stdout
-    assert dearmor(armored) == binary
-
-
-def test_fetch_keyring_accepts_the_pinned_key_armored_or_binary(tmp_path: Path) -> None:
-    keyring = fetch_keyring("k", str(FIXTURE_KEY), FIXTURE_KEY_FINGERPRINT)
-    binary = tmp_path / "key.gpg"
-    binary.write_bytes(keyring)
-    spaced = " ".join(FIXTURE_KEY_FINGERPRINT[i : i + 4] for i in range(0, 40, 4))
-    assert fetch_keyring("k", f"file://{binary}", spaced) == keyring
-
-
-def test_fetch_keyring_refuses_another_key() -> None:
-    with pytest.raises(RepositoryKeyError) as raised:
-        fetch_keyring(
-            "nvidia_cuda_repo_key_url", str(FIXTURE_KEY), "EB693B3035CD5710E231E123A4B469963BF863CC"
-        )
-    assert str(raised.value) == (
-        f"nvidia_cuda_repo_key_url = '{FIXTURE_KEY}' holds key {FIXTURE_KEY_FINGERPRINT}, not the "
-        "pinned EB693B3035CD5710E231E123A4B469963BF863CC; if the repository's key really changed, "
-        "set the matching *_key_fingerprint in your inventory"
-    )
-
-
-def test_fetch_keyring_names_the_key_and_the_error(tmp_path: Path) -> None:
-    missing = tmp_path / "absent.asc"
-    with pytest.raises(
-        RepositoryKeyError, match=r"^nvidia_container_repo_key_url = '.*absent.asc': cannot fetch"
-    ):
-        fetch_keyring("nvidia_container_repo_key_url", str(missing), FIXTURE_KEY_FINGERPRINT)
-    garbage = tmp_path / "garbage.asc"
-    garbage.write_text("<html>404 Not Found</html>\n")
-    with pytest.raises(
-        RepositoryKeyError, match="is not an OpenPGP public key: not an OpenPGP packet"
-    ):
-        fetch_keyring("nvidia_container_repo_key_url", str(garbage), FIXTURE_KEY_FINGERPRINT)
 
 
 def test_source_line_is_signed_by_its_own_keyring() -> None:
@@ -107,22 +47,76 @@ def test_source_line_is_signed_by_its_own_keyring() -> None:
     )
 
 
-def test_transaction_prints_its_output_and_keeps_the_first_failure(tmp_path: Path) -> None:
-    # This machine runs no systemd: the steps run in the foreground, with the same contract.
-    log = str(tmp_path / "log" / "apt.log")
-    ok = subprocess.run(
-        ["sh", "-c", transaction(["echo unpacking", "echo holding"], log)],
-        capture_output=True,
-        text=True,
+def test_a_login_goes_to_auth_conf_never_into_the_source_line() -> None:
+    url = "http://gpu:s3cret%20x@mirror.example.invalid:8080/cuda/"
+    assert source_line(url, "/k.gpg") == (
+        "deb [signed-by=/k.gpg] http://mirror.example.invalid:8080/cuda/ /\n"
     )
+    login = credentials(url)
+    assert login is not None
+    # A machine without a scheme would match https only (apt_auth.conf(5)).
+    assert auth_entry(login) == (
+        "machine http://mirror.example.invalid:8080/cuda login gpu password s3cret x\n"
+    )
+
+
+def test_transaction_prints_its_output_and_keeps_the_first_failure(
+    fake_dpkg: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "log" / "apt.log"
+    ok = run_transaction(fake_dpkg, ["echo unpacking", "echo holding"], 600, log)
     assert (ok.returncode, ok.stdout) == (0, "unpacking\nholding\n")
-    failed = subprocess.run(
-        [
-            "sh",
-            "-c",
-            transaction(["echo 'E: Unable to locate package x' >&2", "false", "echo no"], log),
-        ],
-        capture_output=True,
-        text=True,
+    failed = run_transaction(
+        fake_dpkg, ["echo 'E: Unable to locate package x' >&2", "false", "echo no"], 600, log
     )
     assert (failed.returncode, failed.stdout) == (1, "E: Unable to locate package x\n")
+    # The log keeps every transaction's output.
+    assert log.read_text() == "unpacking\nholding\nE: Unable to locate package x\n"
+
+
+def test_transaction_waits_for_the_dpkg_lock_and_says_who_holds_it(
+    fake_dpkg: Path, tmp_path: Path
+) -> None:
+    lock = fake_dpkg / "locked"
+    lock.touch()
+    released = subprocess.Popen(["sh", "-c", f"sleep 3; rm {lock}"])
+    waited = run_transaction(fake_dpkg, ["echo installed"], 60, tmp_path / "apt.log")
+    released.wait()
+    assert waited.returncode == 0, waited.stderr
+    first, last = waited.stdout.splitlines()
+    assert first.startswith("gpufleet: waiting up to 60s for the dpkg lock, held by pid ")
+    assert last == "installed"
+
+
+def test_transaction_fails_when_the_lock_outlives_its_timeout(
+    fake_dpkg: Path, tmp_path: Path
+) -> None:
+    (fake_dpkg / "locked").touch()
+    failed = run_transaction(fake_dpkg, ["echo installed"], 3, tmp_path / "apt.log")
+    assert failed.returncode == 1
+    assert "gpufleet: the dpkg lock is still held after 3s (gpu_apt_lock_timeout) by pid" in (
+        failed.stdout
+    )
+    assert "installed" not in failed.stdout
+
+
+def test_another_files_entry_for_the_repository_is_disabled_others_kept(tmp_path: Path) -> None:
+    location = "developer.download.nvidia.com/compute/cuda/repos/ubuntu2004/x86_64"
+    listing = tmp_path / "cuda-ubuntu2004-x86_64.list"
+    listing.write_text(
+        "deb http://deb.example.invalid/debian bookworm main\n"
+        f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] https://{location}/ /\n"
+    )
+    deb822 = tmp_path / "cuda.sources"
+    deb822.write_text(f"Types: deb\nURIs: https://{location}/\nSuites: /\n")
+    for path in (listing, deb822):
+        command = take_over_command(str(path), location, "/etc/apt/sources.list.d/cuda.list")
+        subprocess.run(["sh", "-c", command], check=True)
+    assert listing.read_text() == (
+        "deb http://deb.example.invalid/debian bookworm main\n"
+        "# disabled by gpufleet, which manages this repository in "
+        "/etc/apt/sources.list.d/cuda.list: deb [signed-by=/usr/share/keyrings/"
+        f"cuda-archive-keyring.gpg] https://{location}/ /\n"
+    )
+    assert not deb822.exists()
+    assert (tmp_path / "cuda.sources.disabled").read_text().startswith("Types: deb\n")

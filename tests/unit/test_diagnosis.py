@@ -272,6 +272,8 @@ def test_container_broken_without_the_nvidia_runtime() -> None:
         # the real `{{json .Runtimes}}` line without the toolkit
         "runtimes": runtimes_from_fixture('{"io.containerd.runc.v2":{"path":"runc"},"runc"'),
         "default_runtime": "runc",
+        "containers_running": 0,
+        "live_restore": False,
     }
     verdict = diagnose(evidence, PINS)
     assert_broken_at(verdict, "container")

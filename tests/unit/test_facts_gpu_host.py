@@ -59,6 +59,7 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
     link.symlink_to("/lib/systemd/system/example.service")
     arguments: dict[str, Any] = {
         "packages": ["bash", "coreutils", "gpufleet-no-such-package"],
+        "repository_locations": ["developer.download.nvidia.com/compute/cuda/repos"],
         "daemon_json_path": str(daemon_json),
         "files": [str(daemon_json), str(tmp_path / "absent")],
         "symlinks": [str(link), str(daemon_json), str(tmp_path / "absent")],

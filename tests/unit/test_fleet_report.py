@@ -47,8 +47,17 @@ def results_dir(tmp_path: Path) -> Path:
     old_driver = host_result(
         "gpu-03", "Ubuntu 18.04.6 LTS", nvidia_smi={**healthy_smi, "driver_version": "460.32.03"}
     )
+    # Host-controlled text: markup, and the Markdown table's cell separator and code quote.
+    hostile_gpus = [
+        {**healthy_smi["gpus"][0], "name": "<script>alert(1)</script>"},
+        {**healthy_smi["gpus"][1], "name": "`V100` | 16GB\nSXM2"},
+    ]
     hostile = host_result(
-        "<script>alert(1)</script>", "Debian | 12 & co", smoke_test=None, smoke_test_output=None
+        "<script>alert(1)</script>",
+        "Debian | 12 & co",
+        nvidia_smi={**healthy_smi, "gpus": hostile_gpus},
+        smoke_test=None,
+        smoke_test_output=None,
     )
     for name, result in (
         ("gpu-01", healthy),
@@ -90,17 +99,29 @@ def test_rows_carry_each_hosts_values(results_dir: Path) -> None:
     assert rows["gpu-03"].drift == {"driver"}
     assert (rows["gpu-03"].state, rows["gpu-03"].cells["broken_layer"]) == ("broken", "driver")
     assert rows["gpu-04"].state == "unreadable"
-    assert rows["<script>alert(1)</script>"].cells["tensorflow"] == "not run"
-    assert rows["<script>alert(1)</script>"].cells["broken_layer"] == "(unverified)"
+    hostile = rows["<script>alert(1)</script>"].cells
+    assert hostile["gpus"] == "1x <script>alert(1)</script>, 1x `V100` | 16GB\nSXM2"
+    assert hostile["tensorflow"] == "not run"
+    assert hostile["broken_layer"] == "(unverified)"
 
 
-def test_markdown_marks_drift_and_escapes_pipes(results_dir: Path) -> None:
+def test_markdown_marks_drift_and_escapes_host_values(results_dir: Path) -> None:
     markdown = render_markdown(load_rows(results_dir, PINS), PINS)
     rows = markdown_rows(markdown)
     assert "**8.1.0** (drift)" in rows["gpu-02 DRIFT"]
     assert "**460.32.03** (drift)" in rows["gpu-03 DRIFT"]
     assert "(drift)" not in rows["gpu-01"]
-    assert "Debian \\| 12 & co" in markdown
+    assert "<script>" not in markdown
+    assert rows["&lt;script&gt;alert(1)&lt;/script&gt;"] == (
+        "| &lt;script&gt;alert(1)&lt;/script&gt; | Debian \\| 12 &amp; co | 470.182.03 | 11.2 "
+        "| 8.1.1 | default runc, nvidia registered "
+        "| 1x &lt;script&gt;alert(1)&lt;/script&gt;, 1x \\`V100\\` \\| 16GB SXM2 | not run | - "
+        "| (unverified) |"
+    )
+    assert (
+        "- &lt;script&gt;alert(1)&lt;/script&gt;: UNVERIFIED at framework: "
+        "smoke test reported: smoke test not run"
+    ) in markdown.splitlines()
     # every table row has exactly the header's number of unescaped cell separators
     separators = {
         len(re.findall(r"(?<!\\)\|", line))
@@ -114,7 +135,8 @@ def test_markdown_marks_drift_and_escapes_pipes(results_dir: Path) -> None:
 def test_html_escapes_values_and_highlights_drift(results_dir: Path) -> None:
     page = render_html(load_rows(results_dir, PINS), PINS)
     assert "<script>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page
+    assert "<td>1x &lt;script&gt;alert(1)&lt;/script&gt;, 1x `V100` | 16GB\nSXM2</td>" in page
     assert "Debian | 12 &amp; co" in page
     assert re.search(
         r'<tr class="ok drift"><td>gpu-02</td>.*?<td class="drift"[^>]*>8\.1\.0</td>', page
@@ -152,3 +174,94 @@ def test_cli_prints_markdown_without_output_paths(
     assert "| gpu-03 DRIFT |" in captured.out
     assert captured.err.startswith("5 hosts:")
     assert main([str(results_dir / "missing"), *PIN_ARGUMENTS]) == 2
+
+
+def changed_result(keys: tuple[str | int, ...], value: Any) -> str:
+    """gpu-09's result file with the value at ``keys`` (a path into it) replaced."""
+    result = host_result("gpu-09", "Ubuntu 20.04.6 LTS")
+    parent: Any = result
+    for key in keys[:-1]:
+        parent = parent[key]
+    parent[keys[-1]] = value
+    return json.dumps(result)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (
+            '{"host": "gpu-09", ',
+            "Expecting property name enclosed in double quotes: line 1 column 20 (char 19)",
+        ),
+        (b"\xff\xfe{}", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+        ('["gpu-09"]', "a list, not an object"),
+        ('"gpu-09"', "a string, not an object"),
+        ("5", "a number, not an object"),
+        ("null", "null, not an object"),
+        ('{"layers": 5}', "no host"),
+        (changed_result(("host",), 9), "host is a number, not a string"),
+        (changed_result(("facts",), []), "facts is a list, not an object"),
+        (changed_result(("verdict",), "ok"), "verdict is a string, not an object"),
+        (
+            changed_result(("verdict", "state"), "fine"),
+            "state is 'fine', not one of ok, broken, unverified",
+        ),
+        (changed_result(("facts", "nvidia_smi"), "470"), "nvidia_smi is a string, not an object"),
+        (
+            changed_result(("facts", "nvidia_smi", "driver_version"), 470),
+            "driver_version is a number, not a string",
+        ),
+        (
+            changed_result(("facts", "nvidia_smi", "gpus"), ["V100"]),
+            "gpus lists a string, not an object",
+        ),
+        (changed_result(("facts", "nvidia_smi", "gpus"), [{}]), "no name"),
+        (
+            changed_result(("facts", "cuda", "toolkits", "11.2"), "11.2"),
+            "11.2 is a string, not an object",
+        ),
+        (
+            changed_result(("facts", "docker_info", "runtimes"), ["nvidia"]),
+            "runtimes is a list, not an object",
+        ),
+        (changed_result(("smoke_test", "checks", 0, "ms"), "fast"), "ms is a string, not a number"),
+        (
+            changed_result(("smoke_test", "tensorflow_version"), 2.9),
+            "tensorflow_version is a number, not a string",
+        ),
+    ],
+)
+def test_a_result_file_of_another_shape_is_a_row_saying_why(
+    tmp_path: Path, content: str | bytes, reason: str
+) -> None:
+    (tmp_path / "gpu-01.json").write_text(json.dumps(host_result("gpu-01", "Ubuntu 20.04.6 LTS")))
+    bad = tmp_path / "gpu-09.json"
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content)
+    good, unreadable = load_rows(tmp_path, PINS)
+    assert (good.cells["host"], good.state, good.cells["gpus"]) == (
+        "gpu-01",
+        "ok",
+        "2x Tesla V100-SXM2-16GB",
+    )
+    assert (unreadable.cells["host"], unreadable.state) == ("gpu-09", "unreadable")
+    assert unreadable.summary == f"gpu-09.json: unreadable result file: {reason}"
+    markdown = render_markdown([good, unreadable], PINS)
+    assert "| gpu-01 | Ubuntu 20.04.6 LTS | 470.182.03 | 11.2 | 8.1.1 |" in markdown
+    assert "| gpu-09 | ? | ? | ? | ? | ? | ? | ? | ? | (unreadable) |" in markdown
+    assert f"- gpu-09.json: unreadable result file: {reason}" in markdown
+    page = render_html([good, unreadable], PINS)
+    assert '<tr class="unreadable"><td>gpu-09</td>' in page
+    assert '<tr class="ok"><td>gpu-01</td>' in page
+
+
+def test_a_result_path_that_cannot_be_read_is_a_row_saying_why(tmp_path: Path) -> None:
+    (tmp_path / "gpu-01.json").write_text(json.dumps(host_result("gpu-01", "Ubuntu 20.04.6 LTS")))
+    (tmp_path / "gpu-09.json").mkdir()
+    good, unreadable = load_rows(tmp_path, PINS)
+    assert (good.cells["host"], good.state) == ("gpu-01", "ok")
+    assert (unreadable.cells["host"], unreadable.state) == ("gpu-09", "unreadable")
+    reason = f"[Errno 21] Is a directory: '{tmp_path}/gpu-09.json'"
+    assert unreadable.summary == f"gpu-09.json: unreadable result file: {reason}"

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
 from deploys.apt import transaction
-from deploys.compat import CompatibilityError
 from deploys.gpu_host import gpu_host
 from facts.gpu_host import SECTION_MARKER
 from tests.fakehost import (
@@ -32,6 +32,7 @@ from tests.fakehost import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600"
+    " -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 -o Acquire::Retries=0"
     " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 )
 
@@ -46,12 +47,11 @@ def changes(operations: list[PlannedOperation]) -> dict[str, list[str]]:
 
 def install_command(*specs: str, hold: list[str]) -> str:
     steps = [
-        "dpkg --configure -a",
         f"{APT_GET} update",
         f"{APT_GET} install --no-install-recommends --allow-downgrades"
         f" --allow-change-held-packages {' '.join(specs)}",
     ]
-    return transaction([*steps, f"apt-mark hold {' '.join(hold)}"] if hold else steps)
+    return transaction([*steps, f"apt-mark hold {' '.join(hold)}"] if hold else steps, 600)
 
 
 DRIVER_FAMILY = [
@@ -94,6 +94,7 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
         "Docker (docker.io) installed",
         "nvidia runtime merged into /etc/docker/daemon.json",
         "Docker enabled and running",
+        "docker runs with its daemon.json",
     ]
     assert planned["NVIDIA driver 470.182.03 (pinned, held)"] == [
         install_command(*(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=DRIVER_FAMILY)
@@ -145,7 +146,6 @@ def test_converged_host_plans_no_change() -> None:
         "Reload systemd units",
         "Restart nvidia-persistenced for its new settings",
         "Refresh the loader cache",
-        "Restart docker for the new daemon.json",
     ]
 
 
@@ -224,11 +224,22 @@ def test_users_daemon_json_keys_are_kept() -> None:
     operations = plan_one(host, docker_daemon_config={"default-shm-size": "1G"})
     (daemon,) = [op for op in operations if op.name.endswith("merged into /etc/docker/daemon.json")]
     assert daemon.commands == [
+        "mkdir -p /var/lib/gpufleet",
+        "upload /var/lib/gpufleet/daemon-json-keys.json",
         "mkdir -p /etc/docker",
-        "cp -np /etc/docker/daemon.json /etc/docker/daemon.json.before-gpufleet",
-        "upload /etc/docker/daemon.json",
+        "upload /etc/docker/daemon.json.gpufleet-new",
+        "if dockerd --help 2>&1 | grep -q -- --validate; then dockerd --validate --config-file "
+        "/etc/docker/daemon.json.gpufleet-new || { rm -f /etc/docker/daemon.json.gpufleet-new; "
+        "exit 1; }; fi",
+        "cp -np /etc/docker/daemon.json /etc/docker/daemon.json.before-gpufleet && "
+        "cp -p /etc/docker/daemon.json /etc/docker/daemon.json.gpufleet-previous",
+        "mv -f /etc/docker/daemon.json.gpufleet-new /etc/docker/daemon.json",
     ]
-    assert json.loads(daemon.uploads["/etc/docker/daemon.json"]) == {
+    # The record of gpufleet's own keys: only these leave the file when the inventory drops them.
+    assert json.loads(daemon.uploads["/var/lib/gpufleet/daemon-json-keys.json"]) == [
+        ["default-shm-size"]
+    ]
+    assert json.loads(daemon.uploads["/etc/docker/daemon.json.gpufleet-new"]) == {
         **user_config,
         "runtimes": {
             "crun": {"path": "/usr/bin/crun"},
@@ -239,13 +250,17 @@ def test_users_daemon_json_keys_are_kept() -> None:
     }
 
 
-def test_daemon_json_that_does_not_parse_refuses_the_host() -> None:
+def test_daemon_json_that_does_not_parse_refuses_the_host(caplog: pytest.LogCaptureFixture) -> None:
     host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
     host.files["/etc/docker/daemon.json"] = b'{"log-driver": "json-file",}\n'
-    with pytest.raises(CompatibilityError) as raised:
+    # The one host is refused while planned, so pyinfra has none left.
+    with pytest.raises(PyinfraError, match="No hosts remaining"):
         plan_one(host)
-    assert "/etc/docker/daemon.json does not parse (line 1 column 28" in str(raised.value)
-    assert "it was left untouched" in str(raised.value)
+    assert (
+        "/etc/docker/daemon.json cannot be read as dockerd reads it (line 1 column 28"
+        in caplog.text
+    )
+    assert "it was left untouched" in caplog.text
 
 
 def run_cli_dry(*data: str, limit: str = "@fake/gpu-bare") -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,165 @@
+"""
+rollout's command line: the dry run's pyinfra command, and inventories it cannot roll out (one
+line on stderr, exit status 2, no traceback). pyinfra runs for real; hosts are @fake, or an
+address on loopback where nothing listens.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploys import rollout
+
+REPO_ROOT = Path(__file__).parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+DEPLOY = str(REPO_ROOT / "deploys" / "driver_upgrade.py")
+# A host that cannot be reached: nothing listens on port 1 of this machine.
+UNREACHABLE = '("127.0.0.1", {"ssh_port": 1})'
+# A @fake host running 470.182.03, pinned to 470.199.02 (its data has to be JSON for pyinfra's
+# --json host list, so the scripted responses keep only the plain-text matchers).
+REACHABLE = """(
+        "@fake/gpu-01",
+        {
+            **FIXTURE_KEY_DATA,
+            "nvidia_driver_version": "470.199.02",
+            "fake_responses": {
+                matcher: lines
+                for matcher, lines in converged_ubuntu_2004(FIXTURE_KEY_DATA).responses().items()
+                if isinstance(matcher, str)
+            },
+            "fake_delay": 0,
+        },
+    )"""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pyinfra writes pyinfra-debug.log where it runs; inventories import tests.fakehost.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+
+
+def write_inventory(tmp_path: Path, hosts: str) -> Path:
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(
+        f"from tests.fakehost import FIXTURE_KEY_DATA, converged_ubuntu_2004\n\nhosts = [{hosts}]\n"
+    )
+    return inventory
+
+
+def test_dry_run_runs_pyinfra_without_prompts_or_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[tuple[list[str], Any]] = []
+
+    def run(command: list[str], stdin: Any = None, check: bool = True) -> Any:
+        ran.append((command, stdin))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: [("gpu-01", 1)])
+    monkeypatch.setattr(subprocess, "run", run)
+    assert rollout.main(["fleet.py", "--dry", "--", "--limit", "gpu-01"]) == 0
+    assert ran == [
+        (
+            [PYINFRA, "-y", "--dry", "--limit", "gpu-01", "fleet.py", DEPLOY],
+            subprocess.DEVNULL,
+        )
+    ]
+
+
+@pytest.mark.parametrize("dry", [[], ["--dry"]])
+def test_a_missing_inventory_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dry: list[str]
+) -> None:
+    missing = tmp_path / "missing.py"
+    assert rollout.main([str(missing), *dry]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        f"rollout: cannot read inventory {tmp_path}/missing.py: no such file\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("hosts = []\n", "rollout: inventory {inventory} has no hosts\n"),
+        (
+            'raise ValueError("no fleet here")\n',
+            "rollout: cannot read inventory {inventory}: ValueError: no fleet here\n",
+        ),
+        (
+            "hosts = [\n",
+            "rollout: cannot read inventory {inventory}: SyntaxError: '[' was never closed\n",
+        ),
+    ],
+)
+def test_an_inventory_pyinfra_cannot_read_or_without_hosts_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, error: str
+) -> None:
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(source)
+    assert rollout.main([str(inventory)]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", error.format(inventory=inventory))
+
+
+def test_invalid_inventory_data_is_an_error_naming_the_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = write_inventory(tmp_path, '("@fake/gpu-01", {"upgrade_batch_size": "2"})')
+    assert rollout.main([str(inventory)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("rollout: @fake/gpu-01: ")
+    assert "upgrade_batch_size" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_batch_sizes_that_disagree_are_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hosts = [("gpu-01", 1), ("gpu-02", 2)]
+    monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: hosts)
+    assert rollout.main(["fleet.py"]) == 2
+    assert capsys.readouterr().err == (
+        "rollout: hosts disagree on upgrade_batch_size ([1, 2]): set it for the whole "
+        "inventory, or pass --batch-size\n"
+    )
+
+
+def dry_run(inventory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploys.rollout", str(inventory), "--dry"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_dry_run_reports_an_unreachable_host(tmp_path: Path) -> None:
+    run = dry_run(write_inventory(tmp_path, UNREACHABLE))
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    assert "Traceback" not in output
+    assert "[127.0.0.1] Could not connect" in output
+    assert run.stderr.endswith("rollout: the dry run failed, see pyinfra's output above\n")
+
+
+def test_a_dry_run_plans_the_reachable_hosts_and_reports_the_others(tmp_path: Path) -> None:
+    # pyinfra asks whether to go on when some hosts connect and others do not.
+    run = dry_run(write_inventory(tmp_path, f"{REACHABLE}, {UNREACHABLE}"))
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    assert "Traceback" not in output and "EOFError" not in output
+    assert "[127.0.0.1]" in output and "Could not connect" in output
+    assert (
+        "[@fake/gpu-01] driver 470.182.03 -> 470.199.02; GPU users: none; no module change"
+        in output
+    )
+    assert run.stderr.endswith("rollout: the dry run failed, see pyinfra's output above\n")
