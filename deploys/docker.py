@@ -275,6 +275,8 @@ def restart_for_config(
         shlex.quote(unit),
     )
     yield (
+        # reset-failed: quick restarts must not hit the unit's start rate limit.
+        f"systemctl reset-failed {quoted_unit}; "
         f"if systemctl restart {quoted_unit}; then rm -f {previous}; else "
         f"echo {shlex.quote(f'docker did not start ({reason}); its log:')} >&2; "
         f"journalctl -u {quoted_unit} -n 20 --no-pager -o cat >&2; "

@@ -31,6 +31,7 @@ from deploys.docker import (
     daemon_config_problem,
     docker,
     merge_daemon_config,
+    render_daemon_config,
     restart_reason,
     restart_refusal,
 )
@@ -54,6 +55,7 @@ from deploys.preflight import logger, refuse_host, repository_keyrings
 from deploys.settings import DATA_DEFAULTS, GpuSettings, SettingsError, read_settings
 from deploys.verify import HOST_TEST_PACKAGES, verify
 from facts import snapshot
+from facts.docker import parse_daemon_json
 from facts.gpu_host import GpuHostStateInfo
 
 
@@ -115,6 +117,13 @@ def docker_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list
         settings.docker_daemon_config,
         daemon["managed_keys"],
     )
+    try:
+        parse_daemon_json(render_daemon_config(wanted.config).decode())
+    except ValueError as error:
+        return [
+            f"docker_daemon_config = {settings.docker_daemon_config!r} would make a daemon.json "
+            f"that dockerd cannot read: {error}"
+        ]
     info = host_state["docker_info"]
     reason = restart_reason(daemon, wanted, info)
     refusal = restart_refusal(

@@ -180,10 +180,15 @@ BROKEN_DAEMON_JSON = '{"log-driver": "json-file",, }'
          "NVIDIA's debian12 repository does not carry CUDA 11.2"),
         # A daemon.json that does not parse is the user's to fix; gpufleet leaves it as it is.
         (f"mkdir -p /etc/docker && printf '%s\\n' '{BROKEN_DAEMON_JSON}' > /etc/docker/daemon.json",
-         {}, "/etc/docker/daemon.json does not parse (line 1 column 28"),
+         {}, "/etc/docker/daemon.json cannot be read as dockerd reads it (line 1 column 28"),
+        # Debian's dockerd 20.10 refuses a byte order mark that Python's json would skip.
+        ("mkdir -p /etc/docker && printf '\\357\\273\\277{}\\n' > /etc/docker/daemon.json",
+         {}, "(it starts with a UTF-8 byte order mark, which dockerd before 23.0 cannot read"),
+        (None, {"docker_daemon_config": {"runtimes": "oops"}},
+         "would make a daemon.json that dockerd cannot read: \"runtimes\" must be an object"),
     ],
     ids=["old-driver", "unknown-cuda", "cudnn-for-other-cuda", "debian12-no-mirror",
-         "daemon-json-does-not-parse"],
+         "daemon-json-does-not-parse", "daemon-json-byte-order-mark", "runtimes-not-an-object"],
 )  # fmt: skip
 def test_refused_input_leaves_the_host_byte_for_byte_unchanged(
     fleet_factory: FleetFactory,
