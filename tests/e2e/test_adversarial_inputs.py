@@ -203,8 +203,9 @@ def test_a_repository_that_never_answers_fails_the_host_in_bounded_time(
     finally:
         server.kill()
         server.wait()
+    # The one host failed (pyinfra then has no host left, and prints no results).
     assert run.returncode != 0
-    assert run.results is not None and run.results["failed_hosts"] == [host.address]
+    assert "No hosts remaining!" in run.output
     # apt names the repository that did not answer; the run did not hang on it.
     assert f"{REPO_HOST}:{port}" in run.output, run.output[-6000:]
     assert elapsed < 600, elapsed
