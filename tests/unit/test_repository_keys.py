@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from deploys.repository_keys import (
     read_packets,
 )
 from tests.fakehost import FIXTURE_KEY, FIXTURE_KEY_FINGERPRINT
+from tests.unit.local_http import serving
 
 DAY = 24 * 60 * 60
 
@@ -324,12 +324,8 @@ class KeyServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def key_server() -> Iterator[str]:
     """The server's address, host:port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeyServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(KeyServer) as address:
+        yield address
 
 
 def test_fetches_a_key_over_http(key_server: str) -> None:

@@ -15,7 +15,6 @@ import platform
 import re
 import shutil
 import subprocess
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
@@ -33,6 +32,7 @@ from tests.hosts.standin_repo import (
     build_repos,
     default_cache_dir,
 )
+from tests.unit.local_http import serving
 
 SUITE = "bookworm"
 
@@ -83,12 +83,8 @@ def repo_tree() -> RepoTree:
 @pytest.fixture(scope="session")
 def repo_url(repo_tree: RepoTree) -> Iterator[str]:
     handler = partial(QuietHandler, directory=str(repo_tree.root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as address:
+        yield f"http://{address}/"
 
 
 def source_lines(key: Path, base_url: str, *paths: str) -> list[str]:
