@@ -75,6 +75,7 @@ PERSISTENCED_DROPIN = (
     "ExecStart=/usr/bin/nvidia-persistenced"
     " --user nvidia-persistenced --persistence-mode --verbose\n"
 )
+PERSISTENCE_MODE = "--persistence-mode"
 PERSISTENCED_SERVICE = "nvidia-persistenced.service"
 PERSISTENCED_BOOT_LINK = f"/etc/systemd/system/multi-user.target.wants/{PERSISTENCED_SERVICE}"
 PERSISTENCED_UNIT = f"/lib/systemd/system/{PERSISTENCED_SERVICE}"
@@ -295,10 +296,9 @@ def nvidia_driver(
     )
     daemon_reload(name="Reload systemd units", _if=any_changed(persistenced, boot_link))
     systemd.service(name="nvidia-persistenced running", unit=PERSISTENCED_SERVICE, running=True)
-    systemd.service(
-        name="Restart nvidia-persistenced for its new settings",
+    systemd.runs_with(
+        name="nvidia-persistenced runs in persistence mode",
         unit=PERSISTENCED_SERVICE,
-        restarted=True,
-        _if=persistenced.did_change,
+        argument=PERSISTENCE_MODE,
     )
     activate_driver(settings=settings, host_state=host_state)

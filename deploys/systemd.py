@@ -11,6 +11,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations.util.service import handle_service_control
 
 from facts import snapshot
+from facts.systemd_units import UnitMainCommands
 
 
 @operation()
@@ -34,3 +35,21 @@ def service(
         return
     if snapshot.current(SystemdEnabled, services=[unit]).get(unit, False) != enabled:
         yield StringCommand("systemctl", "enable" if enabled else "disable", QuoteString(unit))
+
+
+@operation()
+def runs_with(unit: str, argument: str):
+    """
+    Restart a running unit whose main process lacks ``argument``, after reloading the unit
+    files: the running process is compared with the wanted one, so a run killed between
+    writing a drop-in and the restart is repaired by the next.
+
+    + unit: the full unit name, e.g. ``nvidia-persistenced.service``
+    + argument: a command-line argument its process must run with
+    """
+    command = snapshot.current(UnitMainCommands, units=[unit]).get(unit)
+    if command is None or argument in command.split():
+        host.noop(f"{unit} runs with {argument} (or does not run)")
+        return
+    yield "systemctl daemon-reload"
+    yield StringCommand("systemctl", "restart", QuoteString(unit))

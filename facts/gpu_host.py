@@ -21,6 +21,7 @@ from facts.docker import DockerDaemonConfig, DockerDaemonConfigInfo, DockerInfo,
 from facts.files import FileDigests, SymlinkTargets
 from facts.gpu_users import GpuUsers, GpuUsersInfo
 from facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
+from facts.systemd_units import UnitMainCommands
 
 SECTION_MARKER = "@@gpufleet:section:"
 
@@ -137,6 +138,7 @@ class GpuHostStateInfo(TypedDict):
     symlink_targets: dict[str, str | None]
     units_running: dict[str, bool]
     units_enabled: dict[str, bool]
+    unit_commands: dict[str, str]
 
 
 # Section name -> the fact that gathers and parses it. Processing never needs the command
@@ -160,6 +162,7 @@ SECTION_FACTS: dict[str, FactBase] = {
     "symlink_targets": SymlinkTargets(),
     "units_running": SystemdStatus(),
     "units_enabled": SystemdEnabled(),
+    "unit_commands": UnitMainCommands(),
 }
 
 
@@ -181,6 +184,7 @@ def section_arguments(
         "symlink_targets": {"paths": list(symlinks)},
         "units_running": {"services": list(units)},
         "units_enabled": {"services": list(units)},
+        "unit_commands": {"units": list(units)},
     }
     return {name: arguments.get(name, {}) for name in SECTION_FACTS}
 
@@ -207,7 +211,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     docker_daemon_config, docker_info, dockerd_installed, python3_version,
     gpu_users, file_digests (FileDigests of ``files``), symlink_targets (SymlinkTargets of
     ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
-    ``units``).
+    ``units``), unit_commands (UnitMainCommands of ``units``).
     """
 
     @staticmethod

@@ -24,6 +24,7 @@ from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from facts.apt import AptSourceFiles, DebPackageStates
 from facts.files import FileDigests, SymlinkTargets
 from facts.gpu_host import SECTION_FACTS, GpuHostState, GpuHostStateInfo, section_arguments
+from facts.systemd_units import UnitMainCommands
 
 T = TypeVar("T")
 
@@ -36,6 +37,7 @@ ITEM_ARGUMENTS: dict[type[FactBase], str] = {
     SymlinkTargets: "paths",
     SystemdStatus: "services",
     SystemdEnabled: "services",
+    UnitMainCommands: "units",
 }
 # dpkg-query takes its names as glob patterns, so a reading for `nvidia-driver-[0-9]*` holds
 # nvidia-driver-470. (It lists a pattern's packages dpkg knows as not-installed as well.)

@@ -259,3 +259,30 @@ def test_fleet_of_eight_converges_around_one_broken_host(
     assert again.results is not None and again.results["totals"]["hosts"] > 0
     assert_converged(again)
     assert again.changed() == {}
+
+
+def test_a_restart_an_interrupted_run_missed_is_made_by_the_next(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=1)
+    (host,) = fleet.hosts
+    path = inventory(fleet, tmp_path, repo_tree)
+    assert_converged(run_deploy(fleet, path))
+    dropin = "/etc/systemd/system/nvidia-persistenced.service.d/gpufleet.conf"
+    # Killed after writing the drop-in, before the restart: the daemon runs as Ubuntu's unit
+    # says (--no-persistence-mode) while the drop-in on disk says otherwise.
+    ssh_ok(fleet, host, f"mv {dropin} /root/dropin && systemctl daemon-reload && "
+                        "systemctl restart nvidia-persistenced && "
+                        f"mv /root/dropin {dropin}")  # fmt: skip
+    process = (
+        "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value nvidia-persistenced)/cmdline"
+    )
+    assert "--no-persistence-mode" in ssh_ok(fleet, host, process).split()
+
+    repaired = run_deploy(fleet, path)
+    assert_converged(repaired)
+    assert repaired.changed()[host.address] == [
+        "gpufleet GPU host | NVIDIA driver | nvidia-persistenced runs in persistence mode"
+    ]
+    assert "--persistence-mode" in ssh_ok(fleet, host, process).split()
+    assert run_deploy(fleet, path).changed() == {}

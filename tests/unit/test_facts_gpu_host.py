@@ -15,6 +15,7 @@ from facts.gpu_host import (
     section_commands,
     split_sections,
 )
+from facts.systemd_units import parse_unit_commands
 from tests.unit.test_facts_support import fixture_text, run_fact, run_lines
 
 
@@ -87,4 +88,17 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
     assert state["symlink_targets"] == {
         str(link): "/lib/systemd/system/example.service",
         str(daemon_json): None,
+    }
+
+
+def test_unit_main_commands_reads_the_running_process() -> None:
+    # `systemctl show -p MainPID` then /proc/<pid>/cmdline, NULs as spaces (Ubuntu's unit).
+    output = [
+        "nvidia-persistenced.service\t/usr/bin/nvidia-persistenced --user nvidia-persistenced "
+        "--no-persistence-mode --verbose ",
+        "no tab: ignored",
+    ]
+    assert parse_unit_commands(output) == {
+        "nvidia-persistenced.service": "/usr/bin/nvidia-persistenced --user nvidia-persistenced "
+        "--no-persistence-mode --verbose"
     }

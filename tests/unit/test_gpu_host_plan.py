@@ -144,7 +144,6 @@ def test_converged_host_plans_no_change() -> None:
     assert [op.name.split(" | ")[-1] for op in operations] == [
         "Rebuild the initramfs without nouveau",
         "Reload systemd units",
-        "Restart nvidia-persistenced for its new settings",
         "Refresh the loader cache",
     ]
 
