@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.fleet import REPO_ROOT, Fleet
+from testbed.images import build_image_tarball, import_image
+from testbed.runs import repo_data
+from testbed.standin_repo import build_repos
 from tests.e2e.test_gpu_host_deploy import TEST_IMAGE
-from tests.hosts.fleet import REPO_ROOT, Fleet
-from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.runs import repo_data
-from tests.hosts.standin_repo import build_repos
 
 CACHE_DIR = Path(os.environ.get("GPUFLEET_TEST_CACHE", "/var/cache/gpufleet-test"))
 UPGRADE_TARGET = "470.239.06"
@@ -69,7 +69,7 @@ def bench_fleet(count: int, work_dir: Path) -> dict[str, Timed]:
         pyinfra = [str(Path(sys.executable).with_name("pyinfra")), "-y", "--debug"]
         gpu_host = fleet.controller.command([*pyinfra, str(inventory), "deploys/gpu_host.py"])
         rollout = fleet.controller.command(
-            [sys.executable, "-m", "deploys.rollout", str(upgrade),
+            [sys.executable, "-m", "gpufleet", "rollout", str(upgrade),
              "--batch-size", str(UPGRADE_BATCH), "--", "--debug"]
         )  # fmt: skip
         ssh = fleet.ssh_command(fleet.hosts[0], "true")

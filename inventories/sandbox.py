@@ -1,5 +1,5 @@
 """
-The sandbox test host that `python -m tests.hosts.sandbox` boots (see README.md): one Debian 12
+The sandbox test host that `python -m testbed.sandbox` boots (see README.md): one Debian 12
 host reached over SSH, with NVIDIA's repositories replaced by the signed stand-in repositories.
 
 The sandbox writes where its host is and how to reach it to GPUFLEET_SANDBOX_STATE.
@@ -14,7 +14,7 @@ STATE = Path(os.environ.get("GPUFLEET_SANDBOX_STATE", "/run/gpufleet-sandbox/san
 if not STATE.exists():
     raise SystemExit(
         f"No sandbox is running ({STATE} is missing): start one with "
-        "`.venv/bin/python -m tests.hosts.sandbox` as root."
+        "`.venv/bin/python -m testbed.sandbox` as root."
     )
 
 sandbox = json.loads(STATE.read_text())

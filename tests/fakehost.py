@@ -23,13 +23,11 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.context import ctx_host, ctx_state
 
-from deploys import compat
-from deploys.apt import KEYRING_DIR, SOURCES_DIR, source_line
-from deploys.cuda import CUDA_REPO_NAME, environment_files, toolkit_path
-from deploys.cudnn import cudnn_packages
-from deploys.docker import DAEMON_JSON_PATH, merge_daemon_config, render_daemon_config
-from deploys.nvidia_container import CONTAINER_REPO_NAME, container_toolkit_packages
-from deploys.nvidia_driver import (
+from gpufleet.deploys.cuda import CUDA_REPO_NAME, environment_files, toolkit_path
+from gpufleet.deploys.cudnn import cudnn_packages
+from gpufleet.deploys.docker import DAEMON_JSON_PATH, merge_daemon_config, render_daemon_config
+from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME, container_toolkit_packages
+from gpufleet.deploys.nvidia_driver import (
     NOUVEAU_BLACKLIST,
     NOUVEAU_BLACKLIST_PATH,
     PERSISTENCED_BOOT_LINK,
@@ -38,10 +36,12 @@ from deploys.nvidia_driver import (
     PERSISTENCED_UNIT,
     driver_packages,
 )
-from deploys.repository_keys import dearmor
-from deploys.settings import DATA_DEFAULTS
-from facts.docker import DAEMON_JSON_EXISTS_MARKER
-from facts.gpu_host import SECTION_MARKER
+from gpufleet.facts.docker import DAEMON_JSON_EXISTS_MARKER
+from gpufleet.facts.gpu_host import SECTION_MARKER
+from gpufleet.operations.packages import KEYRING_DIR, SOURCES_DIR, source_line
+from gpufleet.repository_keys import dearmor
+from gpufleet.settings import DATA_DEFAULTS
+from gpufleet.stack import compat
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_KEY = FIXTURES / "keys" / "fixture-archive-key.asc"

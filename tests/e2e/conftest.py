@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests against booted test hosts (tests.hosts)."""
+"""Fixtures for end-to-end tests against booted test hosts (testbed)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from types import FrameType
 
 import pytest
 
-from tests.hosts.fleet import DEFAULT_BOOT_TIMEOUT, Fleet, FleetFactory
-from tests.hosts.network import cleanup_stale
-from tests.hosts.standin_repo import RepoTree, build_repos
+from testbed.fleet import DEFAULT_BOOT_TIMEOUT, Fleet, FleetFactory
+from testbed.network import cleanup_stale
+from testbed.standin_repo import RepoTree, build_repos
 
 DEFAULT_CACHE_DIR = Path("/var/cache/gpufleet-test")
 SUITES = ["bookworm", "bullseye"]

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from testbed.fleet import FleetFactory
+from testbed.machine import start_process
+from testbed.runs import repo_data, run_deploy
+from testbed.standin_repo import DEBIAN_KEYRING_ON_HOST, REPO_HOST, RepoTree
 from tests.e2e.test_gpu_host_deploy import (
     SNAPSHOT,
     assert_converged,
     inventory,
     ssh_ok,
 )
-from tests.hosts.fleet import FleetFactory
-from tests.hosts.machine import start_process
-from tests.hosts.runs import repo_data, run_deploy
-from tests.hosts.standin_repo import DEBIAN_KEYRING_ON_HOST, REPO_HOST, RepoTree
 
 pytestmark = pytest.mark.e2e
 

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
+from testbed.fleet import Fleet, FleetFactory, TestHost
+from testbed.images import build_image_tarball, import_image
+from testbed.runs import DeployRun, run_deploy
+from testbed.standin_repo import RepoTree
 from tests.e2e.test_gpu_host_deploy import (
     TEST_IMAGE,
     assert_converged,
     inventory,
     ssh_ok,
 )
-from tests.hosts.fleet import Fleet, FleetFactory, TestHost
-from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.runs import DeployRun, run_deploy
-from tests.hosts.standin_repo import RepoTree
 
 pytestmark = pytest.mark.e2e
 

@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
-from tests.hosts.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
-from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.runs import (
+from testbed.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
+from testbed.images import build_image_tarball, import_image
+from testbed.runs import (
     kill_while_running,
     repo_data,
     run_deploy,
     wait_for_package_transaction,
 )
-from tests.hosts.standin_repo import RepoTree
+from testbed.standin_repo import RepoTree
+from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,7 @@ def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Pa
 
 def rollout_command(fleet: Fleet, inventory: Path, *options: str) -> list[str]:
     return fleet.controller.command(
-        [sys.executable, "-m", "deploys.rollout", str(inventory), *options]
+        [sys.executable, "-m", "gpufleet", "rollout", str(inventory), *options]
     )
 
 

@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.hosts.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
-from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.runs import (
+from testbed.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
+from testbed.images import build_image_tarball, import_image
+from testbed.runs import (
     DeployRun,
     kill_while_running,
     repo_data,
     run_deploy,
     wait_for_package_transaction,
 )
-from tests.hosts.standin_repo import REPO_HOST, RepoTree
+from testbed.standin_repo import REPO_HOST, RepoTree
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.fleet import REPO_ROOT, FleetFactory
-from tests.hosts.images import build_image_tarball, import_image
-from tests.hosts.network import NETNS_DIR, RUN_ROOT, cleanup_stale
-from tests.hosts.standin_repo import REPO_HOST, REPO_PORT
+from testbed.fleet import REPO_ROOT, FleetFactory
+from testbed.images import build_image_tarball, import_image
+from testbed.network import NETNS_DIR, RUN_ROOT, cleanup_stale
+from testbed.standin_repo import REPO_HOST, REPO_PORT
 
 pytestmark = pytest.mark.e2e
 
@@ -150,7 +150,7 @@ def test_eight_hosts_boot_in_parallel_and_leave_nothing(fleet_factory: FleetFact
 def test_killed_run_is_cleaned_by_the_next(cache_dir: Path) -> None:
     before = machine_state()
     opener = (
-        "import sys; from pathlib import Path; from tests.hosts.fleet import Fleet; "
+        "import sys; from pathlib import Path; from testbed.fleet import Fleet; "
         f"fleet = Fleet(count=2, suite='bookworm', cache_dir=Path({str(cache_dir)!r})); "
         "fleet.__enter__(); print(fleet.prefix, flush=True); sys.stdin.read()"
     )

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.hosts.fleet import FleetFactory, TestHost
-from tests.hosts.images import build_tensorflow_image_tarball, import_image
-from tests.hosts.runs import DeployRun, repo_data, run_deploy
-from tests.hosts.standin_repo import RepoTree
+from testbed.fleet import FleetFactory, TestHost
+from testbed.images import build_tensorflow_image_tarball, import_image
+from testbed.runs import DeployRun, repo_data, run_deploy
+from testbed.standin_repo import RepoTree
 
 pytestmark = pytest.mark.e2e
 

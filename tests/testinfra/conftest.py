@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from deploys.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from gpufleet.settings import DATA_DEFAULTS, GpuSettings, read_settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from fnmatch import fnmatchcase
 
-from deploys import compat
-from deploys.cudnn import cudnn_packages
-from deploys.nvidia_container import container_toolkit_packages
-from deploys.nvidia_driver import driver_packages
-from deploys.settings import GpuSettings
+from gpufleet.deploys.cudnn import cudnn_packages
+from gpufleet.deploys.nvidia_container import container_toolkit_packages
+from gpufleet.deploys.nvidia_driver import driver_packages
+from gpufleet.settings import GpuSettings
+from gpufleet.stack import compat
 
 
 def pinned_packages(expected: GpuSettings) -> dict[str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploys.apt import auth_entry, source_line, take_over_command, transaction
-from deploys.urls import credentials
+from gpufleet.operations.packages import auth_entry, source_line, take_over_command, transaction
+from gpufleet.stack.urls import credentials
 
 # dpkg as the transaction calls it: answering like the real one while the file "locked" exists.
 FAKE_DPKG = """#!/bin/sh

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from deploys import compat
-from deploys.preflight import refusal_message
+from gpufleet.preflight import refusal_message
+from gpufleet.stack import compat
 
 GOOD = compat.StackRequest(
     nvidia_driver_branch="470",

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 
-from deploys.diagnosis import (
+from gpufleet.diagnosis import (
     KNOWN_FAILURES,
     Expectations,
     HostEvidence,

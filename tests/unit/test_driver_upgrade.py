@@ -7,18 +7,18 @@ from typing import Any
 
 import pytest
 
-from deploys import rollout
-from deploys.driver_upgrade import plan_driver_change, refusal
-from deploys.nvidia_driver import (
+from gpufleet import rollout
+from gpufleet.deploys.driver_upgrade import plan_driver_change, refusal
+from gpufleet.deploys.nvidia_driver import (
     driver_packages,
     module_change_reason,
     reload_modules_command,
     replaced_driver_packages,
 )
-from deploys.settings import DATA_DEFAULTS, read_settings
-from facts.gpu_host import GpuHostState, GpuHostStateInfo
-from facts.gpu_users import container_uses_gpus, parse_gpu_users
-from facts.nvidia import nvidia_smi_error
+from gpufleet.facts.gpu_host import GpuHostState, GpuHostStateInfo
+from gpufleet.facts.gpu_users import container_uses_gpus, parse_gpu_users
+from gpufleet.facts.nvidia import nvidia_smi_error
+from gpufleet.settings import DATA_DEFAULTS, read_settings
 
 JOB_ID = "a" * 64
 WEB_ID = "b" * 64

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from facts.apt import (
+from gpufleet.facts.apt import (
     DebPackageStates,
     HeldPackages,
     parse_dpkg_query_states,

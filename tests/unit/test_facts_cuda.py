@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from facts.cuda import CudaToolkits, parse_cuda_toolkits, parse_nvcc_release
+from gpufleet.facts.cuda import CudaToolkits, parse_cuda_toolkits, parse_nvcc_release
 from tests.unit.test_facts_support import fixture_text, run_fact, run_lines
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from facts.cudnn import CUDNN_HEADERS, CudnnVersion, parse_cudnn_version_header
+from gpufleet.facts.cudnn import CUDNN_HEADERS, CudnnVersion, parse_cudnn_version_header
 from tests.unit.test_facts_support import fixture_lines, fixture_text, run_fact, run_lines
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from facts.docker import (
+from gpufleet.facts.docker import (
     DockerDaemonConfig,
     DockerInfo,
     parse_daemon_json,

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from facts.gpu_host import (
+from gpufleet.facts.gpu_host import (
     SECTION_FACTS,
     GpuHostState,
     combined_command,
@@ -15,7 +15,7 @@ from facts.gpu_host import (
     section_commands,
     split_sections,
 )
-from facts.systemd_units import parse_unit_commands
+from gpufleet.facts.systemd_units import parse_unit_commands
 from tests.unit.test_facts_support import fixture_text, run_fact, run_lines
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from facts.nvidia import (
+from gpufleet.facts.nvidia import (
     NVIDIA_SMI_EXIT_MARKER,
     NvidiaKernel,
     NvidiaSmi,

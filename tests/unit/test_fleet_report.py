@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from click.testing import CliRunner, Result
 
-from deploys.diagnosis import Expectations, HostEvidence, diagnose
-from deploys.fleet_report import load_rows, main, render_html, render_markdown
+from gpufleet.cli import main
+from gpufleet.diagnosis import Expectations, HostEvidence, diagnose
+from gpufleet.fleet_report import load_rows, render_html, render_markdown
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
 PINS = Expectations(driver_version="470.182.03", cuda_version="11.2", cudnn_version="8.1.1")
@@ -148,32 +150,30 @@ def test_html_escapes_values_and_highlights_drift(results_dir: Path) -> None:
     assert "http" not in page.replace("http-equiv", "")  # self-contained: no external assets
 
 
+def report(*arguments: str) -> Result:
+    """`gpufleet report ARGUMENTS`, run in-process."""
+    return CliRunner().invoke(main, ["report", *arguments])
+
+
 def test_cli_writes_both_reports(results_dir: Path, tmp_path: Path) -> None:
     html_path, markdown_path = tmp_path / "out" / "fleet.html", tmp_path / "out" / "fleet.md"
     html_path.parent.mkdir()
-    status = main(
-        [
-            str(results_dir),
-            *PIN_ARGUMENTS,
-            "--html",
-            str(html_path),
-            "--markdown",
-            str(markdown_path),
-        ]
+    result = report(
+        str(results_dir), *PIN_ARGUMENTS, "--html", str(html_path), "--markdown", str(markdown_path)
     )
-    assert status == 0
+    assert result.exit_code == 0, result.output
     assert html_path.read_text().startswith("<!DOCTYPE html>")
     assert "| gpu-01 |" in markdown_path.read_text()
 
 
-def test_cli_prints_markdown_without_output_paths(
-    results_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main([str(results_dir), *PIN_ARGUMENTS]) == 0
-    captured = capsys.readouterr()
-    assert "| gpu-03 DRIFT |" in captured.out
-    assert captured.err.startswith("5 hosts:")
-    assert main([str(results_dir / "missing"), *PIN_ARGUMENTS]) == 2
+def test_cli_prints_markdown_without_output_paths(results_dir: Path) -> None:
+    result = report(str(results_dir), *PIN_ARGUMENTS)
+    assert result.exit_code == 0
+    assert "| gpu-03 DRIFT |" in result.stdout
+    assert result.stderr.startswith("5 hosts:")
+    missing = report(str(results_dir / "missing"), *PIN_ARGUMENTS)
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.stderr
 
 
 def changed_result(keys: tuple[str | int, ...], value: Any) -> str:

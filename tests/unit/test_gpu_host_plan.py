@@ -14,9 +14,9 @@ import pytest
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operations import run_ops
 
-from deploys.apt import transaction
-from deploys.gpu_host import gpu_host
-from facts.gpu_host import SECTION_MARKER
+from gpufleet.deploys.gpu_host import gpu_host
+from gpufleet.facts.gpu_host import SECTION_MARKER
+from gpufleet.operations.packages import transaction
 from tests.fakehost import (
     FIXTURE_KEY_DATA,
     FakeHost,

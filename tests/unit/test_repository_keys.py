@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deploys.repository_keys import (
+from gpufleet.repository_keys import (
     RepositoryKeyError,
     dearmor,
     fetch_keyring,

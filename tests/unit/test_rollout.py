@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
-from deploys import rollout
+from gpufleet import rollout
+from gpufleet.cli import main
 
 REPO_ROOT = Path(__file__).parents[2]
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
-DEPLOY = str(REPO_ROOT / "deploys" / "driver_upgrade.py")
+PYINFRA = [sys.executable, "-m", "pyinfra"]
+DEPLOY = "gpufleet.driver_upgrade"
 # A host that cannot be reached: nothing listens on port 1 of this machine.
 UNREACHABLE = '("127.0.0.1", {"ssh_port": 1})'
 # A @fake host running 470.182.03, pinned to 470.199.02 (its data has to be JSON for pyinfra's
@@ -52,6 +54,11 @@ def write_inventory(tmp_path: Path, hosts: str) -> Path:
     return inventory
 
 
+def run_cli(*arguments: str) -> Result:
+    """`gpufleet ARGUMENTS`, run in-process."""
+    return CliRunner().invoke(main, list(arguments))
+
+
 def test_dry_run_runs_pyinfra_without_prompts_or_input(monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[tuple[list[str], Any]] = []
 
@@ -61,23 +68,21 @@ def test_dry_run_runs_pyinfra_without_prompts_or_input(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: [("gpu-01", 1)])
     monkeypatch.setattr(subprocess, "run", run)
-    assert rollout.main(["fleet.py", "--dry", "--", "--limit", "gpu-01"]) == 0
+    assert run_cli("rollout", "fleet.py", "--dry", "--", "--limit", "gpu-01").exit_code == 0
     assert ran == [
         (
-            [PYINFRA, "-y", "--dry", "--limit", "gpu-01", "fleet.py", DEPLOY],
+            [*PYINFRA, "-y", "--dry", "--limit", "gpu-01", "fleet.py", DEPLOY],
             subprocess.DEVNULL,
         )
     ]
 
 
 @pytest.mark.parametrize("dry", [[], ["--dry"]])
-def test_a_missing_inventory_is_an_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], dry: list[str]
-) -> None:
+def test_a_missing_inventory_is_an_error(tmp_path: Path, dry: list[str]) -> None:
     missing = tmp_path / "missing.py"
-    assert rollout.main([str(missing), *dry]) == 2
-    captured = capsys.readouterr()
-    assert (captured.out, captured.err) == (
+    result = run_cli("rollout", str(missing), *dry)
+    assert result.exit_code == 2
+    assert (result.stdout, result.stderr) == (
         "",
         f"rollout: cannot read inventory {tmp_path}/missing.py: no such file\n",
     )
@@ -98,34 +103,31 @@ def test_a_missing_inventory_is_an_error(
     ],
 )
 def test_an_inventory_pyinfra_cannot_read_or_without_hosts_is_an_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], source: str, error: str
+    tmp_path: Path, source: str, error: str
 ) -> None:
     inventory = tmp_path / "fleet.py"
     inventory.write_text(source)
-    assert rollout.main([str(inventory)]) == 2
-    captured = capsys.readouterr()
-    assert (captured.out, captured.err) == ("", error.format(inventory=inventory))
+    result = run_cli("rollout", str(inventory))
+    assert result.exit_code == 2
+    assert (result.stdout, result.stderr) == ("", error.format(inventory=inventory))
 
 
-def test_invalid_inventory_data_is_an_error_naming_the_host(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_invalid_inventory_data_is_an_error_naming_the_host(tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path, '("@fake/gpu-01", {"upgrade_batch_size": "2"})')
-    assert rollout.main([str(inventory)]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("rollout: @fake/gpu-01: ")
-    assert "upgrade_batch_size" in captured.err
-    assert "Traceback" not in captured.err
+    result = run_cli("rollout", str(inventory))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("rollout: @fake/gpu-01: ")
+    assert "upgrade_batch_size" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_batch_sizes_that_disagree_are_an_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_batch_sizes_that_disagree_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     hosts = [("gpu-01", 1), ("gpu-02", 2)]
     monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: hosts)
-    assert rollout.main(["fleet.py"]) == 2
-    assert capsys.readouterr().err == (
+    result = run_cli("rollout", "fleet.py")
+    assert result.exit_code == 2
+    assert result.stderr == (
         "rollout: hosts disagree on upgrade_batch_size ([1, 2]): set it for the whole "
         "inventory, or pass --batch-size\n"
     )
@@ -133,7 +135,7 @@ def test_batch_sizes_that_disagree_are_an_error(
 
 def dry_run(inventory: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "deploys.rollout", str(inventory), "--dry"],
+        [sys.executable, "-m", "gpufleet", "rollout", str(inventory), "--dry"],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ from pyinfra.api import Inventory
 from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.connectors import get_all_connectors
 
-from deploys.settings import (
+from gpufleet.settings import (
     GPUFLEET_KEY_PREFIXES,
     PYINFRA_DATA_KEYS,
     GpuSettings,

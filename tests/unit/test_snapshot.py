@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from facts.apt import DebPackageStates
-from facts.files import FileDigests
-from facts.gpu_host import CommandInstalled
-from facts.snapshot import Reading, complete_arguments
+from gpufleet.facts.apt import DebPackageStates
+from gpufleet.facts.files import FileDigests
+from gpufleet.facts.gpu_host import CommandInstalled
+from gpufleet.facts.snapshot import Reading, complete_arguments
 
 PACKAGES = Reading(
     DebPackageStates,

@@ -2,7 +2,7 @@
 
 Real apt (in a private directory, empty dpkg status) runs against the built tree served over
 HTTP on 127.0.0.1. The first run downloads the Debian subset into the shared cache
-(tests.hosts.standin_repo.default_cache_dir()); later runs reuse it.
+(testbed.standin_repo.default_cache_dir()); later runs reuse it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from deploys.nvidia_driver import driver_packages as gpufleet_driver_pins
-from tests.hosts.standin_repo import (
+from gpufleet.deploys.nvidia_driver import driver_packages as gpufleet_driver_pins
+from testbed.standin_repo import (
     CONTAINER_REPO_PATH,
     CUDA_REPO_PATH,
     PrivateApt,

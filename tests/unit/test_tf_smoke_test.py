@@ -22,7 +22,7 @@ tf = pytest.importorskip(
 )
 np = pytest.importorskip("numpy")
 
-SCRIPT = Path(__file__).parents[2] / "deploys" / "remote" / "tf_smoke_test.py"
+SCRIPT = Path(__file__).parents[2] / "gpufleet" / "remote" / "tf_smoke_test.py"
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
 
 

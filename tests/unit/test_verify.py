@@ -13,10 +13,7 @@ from typing import Any
 import pytest
 from pyinfra.api.exceptions import PyinfraError
 
-from deploys.diagnosis import Expectations, HostVerdict, diagnose
-from deploys.fleet_report import load_rows
-from deploys.settings import SettingsError, read_settings
-from deploys.verify import (
+from gpufleet.deploys.verify import (
     HOST_TENSORFLOW_PYTHON,
     HOST_TENSORFLOW_VENV,
     host_evidence,
@@ -26,9 +23,10 @@ from deploys.verify import (
     verify,
     write_result,
 )
-from facts.gpu_host import SECTION_MARKER
-from facts.nvidia import NVIDIA_SMI_EXIT_MARKER
-from facts.verify import (
+from gpufleet.diagnosis import Expectations, HostVerdict, diagnose
+from gpufleet.facts.gpu_host import SECTION_MARKER
+from gpufleet.facts.nvidia import NVIDIA_SMI_EXIT_MARKER
+from gpufleet.facts.verify import (
     EXIT_MARKER,
     HEREDOC_DELIMITER,
     LSPCI_MARKER,
@@ -41,6 +39,8 @@ from facts.verify import (
     parse_lspci,
     smoke_test_command,
 )
+from gpufleet.fleet_report import load_rows
+from gpufleet.settings import SettingsError, read_settings
 from tests.fakehost import FIXTURE_KEY_DATA, bare_debian_12, converged_ubuntu_2004, plan
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -1,0 +1,5 @@
+"""`python -m gpufleet`: the `gpufleet` command."""
+
+from gpufleet.cli import main
+
+main()

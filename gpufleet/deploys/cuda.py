@@ -1,0 +1,99 @@
+"""
+NVIDIA's CUDA apt repository and the CUDA toolkit, pinned and held.
+
+The toolkit is `cuda-toolkit-X-Y`, never `cuda-X-Y`: the latter pulls `cuda-runtime-X-Y`, which
+pulls `cuda-drivers (>= ...)`, the newest driver of all, past every pin.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.operations import server
+from pyinfra.operations.util import any_changed
+
+from gpufleet.facts import snapshot
+from gpufleet.facts.cuda import CudaToolkits
+from gpufleet.operations import managed_files as files
+from gpufleet.operations import packages as apt
+from gpufleet.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from gpufleet.stack import compat
+
+CUDA_REPO_NAME = "cuda"
+CUDA_DEFAULT_LINK = "/usr/local/cuda"
+PROFILE_PATH = "/etc/profile.d/cuda.sh"
+LD_CONF_PATH = "/etc/ld.so.conf.d/cuda.conf"
+
+
+def toolkit_path(cuda_version: str) -> str:
+    return f"/usr/local/cuda-{cuda_version}"
+
+
+def environment_files(cuda_version: str) -> dict[str, str]:
+    """PATH for login shells and the loader path, both through the /usr/local/cuda link."""
+    return {
+        PROFILE_PATH: (
+            "# Managed by gpufleet.\n"
+            f'case ":$PATH:" in *":{CUDA_DEFAULT_LINK}/bin:"*) ;; '
+            f'*) export PATH="{CUDA_DEFAULT_LINK}/bin${{PATH:+:$PATH}}" ;; esac\n'
+        ),
+        LD_CONF_PATH: f"# Managed by gpufleet.\n{CUDA_DEFAULT_LINK}/lib64\n",
+    }
+
+
+@operation()
+def default_toolkit(path: str):
+    """
+    Point /usr/local/cuda at one toolkit.
+
+    + path: the toolkit directory, e.g. /usr/local/cuda-11.2
+
+    NVIDIA's packages manage /usr/local/cuda as the `cuda` alternative when they install it;
+    gpufleet sets the alternative then, and the link itself otherwise.
+    """
+    toolkits = snapshot.current(CudaToolkits)
+    if toolkits["default_path"] == path:
+        host.noop(f"{CUDA_DEFAULT_LINK} already points at {path}")
+        return
+    quoted = shlex.quote(path)
+    yield (
+        f"if update-alternatives --query cuda >/dev/null 2>&1; "
+        f"then update-alternatives --set cuda {quoted}; "
+        f"else ln -sfn {quoted} {CUDA_DEFAULT_LINK}; fi"
+    )
+
+
+@deploy("NVIDIA CUDA repository")
+def cuda_repository(url: str, keyring: bytes) -> None:
+    apt.signed_repository(
+        name="NVIDIA CUDA repository (signed-by its own keyring)",
+        repository=CUDA_REPO_NAME,
+        url=url,
+        keyring=keyring,
+    )
+
+
+@deploy("CUDA toolkit", data_defaults=DATA_DEFAULTS)
+def cuda_toolkit(settings: GpuSettings | None = None) -> None:
+    settings = settings or read_settings(host.data)
+    package = compat.cuda_package_name(settings.cuda_version)
+    toolkit = apt.pinned_packages(
+        name=f"CUDA toolkit {settings.cuda_package_version} (pinned, held)",
+        packages={package: f"{settings.cuda_package_version}-*"},
+        lock_timeout=settings.gpu_apt_lock_timeout,
+    )
+    environment = files.contents(
+        name="CUDA on PATH and the loader path",
+        files=environment_files(settings.cuda_version),
+    )
+    default_toolkit(
+        name=f"{CUDA_DEFAULT_LINK} -> CUDA {settings.cuda_version}",
+        path=toolkit_path(settings.cuda_version),
+    )
+    server.shell(
+        name="Refresh the loader cache",
+        commands=["ldconfig"],
+        _if=any_changed(toolkit, environment),
+    )

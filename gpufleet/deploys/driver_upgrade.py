@@ -1,0 +1,176 @@
+"""
+Changing the NVIDIA driver version of GPU hosts that may be running jobs: upgrades and
+downgrades (a bad release is rolled back by pinning the older one) and branch changes.
+
+    python -m gpufleet.rollout inventories/<fleet>.py            # batches; stops at a failed one
+    pyinfra inventories/<fleet>.py deploys/driver_upgrade.py --dry   # the plan, per host
+
+For each host: read it in one round trip; refuse it while processes or containers use its GPUs
+(with upgrade_drain, stop those containers first); change the driver family to the pin, held
+throughout; load the new kernel module (reload, reboot, or stop with "reboot required"); verify.
+deploys/gpu_host.py takes the same path whenever its pinned driver is not the running one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from gpufleet.deploys.cuda import CUDA_REPO_NAME, cuda_repository
+from gpufleet.deploys.nvidia_driver import (
+    DRIVER_PACKAGE_PATTERNS,
+    can_reload_modules,
+    installed_driver_version,
+    module_change_reason,
+    nvidia_driver,
+)
+from gpufleet.deploys.verify import verify
+from gpufleet.facts import snapshot
+from gpufleet.facts.gpu_host import GpuHostStateInfo
+from gpufleet.facts.gpu_users import GpuContainer, container_uses_gpus
+from gpufleet.preflight import refuse_host, repository_keyrings
+from gpufleet.settings import DATA_DEFAULTS, GpuSettings, SettingsError, read_settings
+from gpufleet.stack import compat
+
+logger = logging.getLogger("pyinfra")
+
+
+@dataclass(frozen=True)
+class DriverChange:
+    """What a host's driver change involves, as `--dry` lists it."""
+
+    current_version: str | None
+    target_version: str
+    # Processes on the GPUs, as "pid NAME (container NAME)" descriptions.
+    gpu_processes: list[str]
+    # Containers to stop before the change (running with GPUs, or holding a GPU process).
+    gpu_containers: list[GpuContainer]
+    # GPU processes in no container: drain cannot stop them.
+    uncontained_processes: list[str]
+    # Why the kernel module must change, and whether that means a reboot (not a reload).
+    module_reason: str | None
+    reboot_needed: bool
+
+    @property
+    def gpu_users(self) -> list[str]:
+        containers = [
+            f"container {c['name']} ({c['id'][:12]}, {c['image']})" for c in self.gpu_containers
+        ]
+        return [*(f"process {p}" for p in self.gpu_processes), *containers]
+
+    def summary(self) -> str:
+        users = "; ".join(self.gpu_users) or "none"
+        if self.module_reason is None:
+            module = "no module change"
+        else:
+            how = "reboot" if self.reboot_needed else "module reload"
+            module = f"{how} needed ({self.module_reason})"
+        return (
+            f"driver {self.current_version or 'not installed'} -> {self.target_version}; "
+            f"GPU users: {users}; {module}"
+        )
+
+
+def plan_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -> DriverChange | None:
+    """The host's pending driver change, or None when it runs the pinned driver already."""
+    current = installed_driver_version(host_state["packages"])
+    target = settings.nvidia_driver_version
+    kernel, smi = host_state["nvidia_kernel"], host_state["nvidia_smi"]
+    module_reason = module_change_reason(kernel, smi, target)
+    if current in (None, target) and module_reason is None:
+        return None
+
+    users = host_state["gpu_users"]
+    docker_info = host_state["docker_info"]
+    default_runtime = docker_info["default_runtime"] if docker_info else ""
+    by_id = {container["id"]: container for container in users["containers"]}
+    stop_ids = {c["id"] for c in users["containers"] if container_uses_gpus(c, default_runtime)}
+    processes, uncontained = [], []
+    for process in smi["processes"] if smi else []:
+        container_id = users["process_containers"].get(process["pid"])
+        description = f"{process['pid']} {process['process_name']}"
+        if container_id in by_id:
+            stop_ids.add(container_id)
+            description += f" (container {by_id[container_id]['name']})"
+        else:
+            uncontained.append(description)
+        processes.append(description)
+    return DriverChange(
+        current_version=current,
+        target_version=target,
+        gpu_processes=processes,
+        gpu_containers=[by_id[container_id] for container_id in sorted(stop_ids)],
+        uncontained_processes=uncontained,
+        module_reason=module_reason,
+        reboot_needed=module_reason is not None and not can_reload_modules(kernel),
+    )
+
+
+def refusal(change: DriverChange, drain: bool) -> str | None:
+    """Why the host must be left alone, or None when its GPUs are free (or can be drained)."""
+    if not change.gpu_users:
+        return None
+    if not drain:
+        return (
+            f"refusing to change the driver, the GPUs are in use: {'; '.join(change.gpu_users)}. "
+            "Wait for the jobs to end, or set upgrade_drain: true to stop these containers."
+        )
+    if change.uncontained_processes:
+        return (
+            "refusing to change the driver: upgrade_drain stops containers only, and these GPU "
+            f"processes run in none: {'; '.join(change.uncontained_processes)}"
+        )
+    return None
+
+
+def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -> bool:
+    """
+    Log the host's pending driver change, then refuse it (the other hosts carry on) or drain
+    its GPU containers. Returns whether the deploy may go on.
+    """
+    change = plan_driver_change(settings, host_state)
+    if change is None:
+        return True
+    host.log_styled(change.summary(), fg="cyan", log_func=logger.info)
+    reason = refusal(change, settings.upgrade_drain)
+    if reason is not None:
+        refuse_host([reason])
+        return False
+    if change.gpu_containers:
+        names = [container["name"] for container in change.gpu_containers]
+        server.shell(
+            name=f"Drain: stop the containers using the GPUs ({', '.join(names)})",
+            commands=[
+                "docker stop "
+                + " ".join(shlex.quote(container["id"]) for container in change.gpu_containers)
+            ],
+        )
+    return True
+
+
+@deploy("gpufleet driver upgrade", data_defaults=DATA_DEFAULTS)
+def driver_upgrade() -> None:
+    try:
+        settings = read_settings(host.data)
+    except SettingsError as error:
+        refuse_host([str(error)])
+        return
+    host_state = snapshot.take(packages=list(DRIVER_PACKAGE_PATTERNS))
+    platform = compat.HostPlatform.from_os_release(host_state["os_release"])
+    problems = compat.check_stack(settings.stack_request, platform)
+    keyrings: dict[str, bytes] = {}
+    if not problems:
+        keyrings, problems = repository_keyrings(settings, platform, (CUDA_REPO_NAME,))
+    if problems:
+        refuse_host(problems)
+        return
+    if not prepare_driver_change(settings, host_state):
+        return
+    cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
+    nvidia_driver(settings=settings, host_state=host_state)
+    verify(settings=settings, smoke_test=settings.upgrade_smoke_test)

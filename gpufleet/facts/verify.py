@@ -1,0 +1,203 @@
+"""
+The evidence gpufleet.deploys.verify judges a GPU host on, gathered read-only in one round trip: the
+host's facts (as in facts.gpu_host), the PCI bus, the loader cache, and two containers run with
+``--gpus all`` (``nvidia-smi -L`` and the TensorFlow smoke test, whose script is fed on stdin so
+nothing is copied to the host).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from importlib import resources
+from typing import TYPE_CHECKING, TypedDict, cast
+
+from pyinfra.api import FactBase
+
+from gpufleet.facts.gpu_host import SECTION_FACTS, combined_command, fact_value, split_sections
+
+if TYPE_CHECKING:
+    from gpufleet.diagnosis import CommandRun
+    from gpufleet.facts.cuda import CudaToolkitsInfo
+    from gpufleet.facts.docker import DockerInfoData
+    from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
+
+# The first line of an installed lspci's answer, so "no PCI devices" differs from "no lspci".
+LSPCI_MARKER = "@@gpufleet:lspci"
+# A command run's section starts with what was run and ends with its exit status.
+RUN_MARKER = "@@gpufleet:run:"
+EXIT_MARKER = "@@gpufleet:exit="
+HEREDOC_DELIMITER = "GPUFLEET_SMOKE_TEST_EOF"
+# The smoke test gpufleet ships; standard library, tensorflow and numpy only.
+# Package data, so it is found the same from the checkout and from an installed wheel.
+SMOKE_TEST_SCRIPT = resources.files("gpufleet.remote").joinpath("tf_smoke_test.py")
+
+
+def parse_lspci(output: list[str]) -> list[str] | None:
+    """``lspci -nn`` lines after LSPCI_MARKER; None without the marker (lspci not installed)."""
+    if not output or output[0] != LSPCI_MARKER:
+        return None
+    return [line for line in output[1:] if line.strip()]
+
+
+class LspciDevices(FactBase[list[str] | None]):
+    """
+    Returns the ``lspci -nn`` lines of every PCI device, or None when pciutils is not installed.
+    """
+
+    def command(self) -> str:
+        return f"if command -v lspci >/dev/null 2>&1; then echo {LSPCI_MARKER}; lspci -nn; fi"
+
+    def process(self, output: list[str]) -> list[str] | None:
+        return parse_lspci(output)
+
+
+class LoaderCache(FactBase[list[str] | None]):
+    """
+    Returns the ``ldconfig -p`` lines (the libraries the dynamic loader resolves), or None
+    without ldconfig.
+    """
+
+    def command(self) -> str:
+        # ldconfig lives in sbin, which a non-login shell's PATH may lack.
+        return 'PATH="$PATH:/usr/sbin:/sbin"; ldconfig -p 2>/dev/null; true'
+
+    def process(self, output: list[str]) -> list[str] | None:
+        return output
+
+
+def command_run_script(command: str, stdin: str | None = None) -> str:
+    """
+    Run ``command`` with stderr merged into stdout, between RUN_MARKER (with the command) and
+    EXIT_MARKER; ``stdin`` is fed to it from a here-document.
+    """
+    # A subshell, so a command list or an `exit` in it stays within the run.
+    script = f"echo {shlex.quote(RUN_MARKER + command)}; ( {command}\n) 2>&1"
+    if stdin is not None:
+        if any(line == HEREDOC_DELIMITER for line in stdin.splitlines()):
+            raise ValueError(f"stdin holds the line {HEREDOC_DELIMITER}, which would end it early")
+        script += f" <<'{HEREDOC_DELIMITER}'\n{stdin}\n{HEREDOC_DELIMITER}\n"
+    else:
+        script += "; "
+    return script + f'echo "{EXIT_MARKER}$?"'
+
+
+def parse_command_run(output: list[str]) -> CommandRun | None:
+    """A ``command_run_script`` section; None when it did not run (its guard was false)."""
+    if not output or not output[0].startswith(RUN_MARKER):
+        return None
+    lines = output[1:]
+    exit_status = -1  # killed before it could report one
+    if lines and re.fullmatch(rf"{re.escape(EXIT_MARKER)}-?\d+", lines[-1]):
+        exit_status = int(lines.pop().removeprefix(EXIT_MARKER))
+    return {
+        "command": output[0].removeprefix(RUN_MARKER),
+        "exit_status": exit_status,
+        "output": "\n".join(lines),
+    }
+
+
+def container_gpus_command(image: str) -> str:
+    """The container check: does a ``--gpus all`` container see the host's GPUs?"""
+    return f"docker run --rm --gpus all {shlex.quote(image)} nvidia-smi -L"
+
+
+def smoke_test_command(python: list[str], expected_gpus: int) -> str:
+    """The smoke test run by ``python`` reading its script from stdin."""
+    return shlex.join([*python, "-", "--expected-gpus", str(expected_gpus)])
+
+
+def container_smoke_test_command(image: str, expected_gpus: int) -> str:
+    python = ["docker", "run", "--rm", "-i", "--gpus", "all", image, "python3"]
+    return smoke_test_command(python, expected_gpus)
+
+
+def with_docker(command: str) -> str:
+    return f"if command -v docker >/dev/null 2>&1; then {command}; fi"
+
+
+class VerificationEvidenceInfo(TypedDict):
+    os_release: dict[str, str]
+    lspci: list[str] | None
+    nvidia_smi: NvidiaSmiInfo | None
+    nvidia_kernel: NvidiaKernelInfo
+    cuda: CudaToolkitsInfo
+    cudnn_version: str | None
+    ldconfig: list[str] | None
+    docker_info: DockerInfoData | None
+    container_gpu_run: CommandRun | None
+    smoke_test_run: CommandRun | None
+    host_smoke_test_run: CommandRun | None
+
+
+# Sections gathered and parsed by a fact; the container runs are parsed by parse_command_run.
+EVIDENCE_FACTS: dict[str, FactBase] = {
+    "os_release": SECTION_FACTS["os_release"],
+    "lspci": LspciDevices(),
+    "nvidia_smi": SECTION_FACTS["nvidia_smi"],
+    "nvidia_kernel": SECTION_FACTS["nvidia_kernel"],
+    "cuda": SECTION_FACTS["cuda"],
+    "cudnn_version": SECTION_FACTS["cudnn_version"],
+    "ldconfig": LoaderCache(),
+    "docker_info": SECTION_FACTS["docker_info"],
+}
+COMMAND_RUNS = ("container_gpu_run", "smoke_test_run", "host_smoke_test_run")
+
+
+def evidence_sections(
+    image: str, smoke_test: bool, expected_gpus: int, host_python: str | None
+) -> str:
+    sections = {name: str(fact.command()) for name, fact in EVIDENCE_FACTS.items()}
+    container_gpus = container_gpus_command(image)
+    sections["container_gpu_run"] = with_docker(command_run_script(container_gpus))
+    script = SMOKE_TEST_SCRIPT.read_text(encoding="utf-8")
+    if smoke_test:
+        smoke_test_run = command_run_script(
+            container_smoke_test_command(image, expected_gpus), stdin=script
+        )
+        sections["smoke_test_run"] = with_docker(smoke_test_run)
+    if host_python is not None:
+        host_run = command_run_script(
+            smoke_test_command([host_python], expected_gpus), stdin=script
+        )
+        sections["host_smoke_test_run"] = (
+            f"if [ -x {shlex.quote(host_python)} ]; then {host_run}; fi"
+        )
+    return combined_command(sections)
+
+
+def parse_verification_evidence(output: list[str]) -> VerificationEvidenceInfo:
+    sections = split_sections(output)
+    evidence = {
+        name: fact_value(fact, sections.get(name, [])) for name, fact in EVIDENCE_FACTS.items()
+    }
+    for name in COMMAND_RUNS:
+        evidence[name] = parse_command_run(sections.get(name, []))
+    return cast(VerificationEvidenceInfo, evidence)
+
+
+class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
+    """
+    Returns, in one round trip, what verification needs: os_release, lspci, nvidia_smi,
+    nvidia_kernel, cuda, cudnn_version, ldconfig, docker_info, and the runs (command, exit status,
+    output) of ``docker run --rm --gpus all IMAGE nvidia-smi -L``, with ``smoke_test`` of the
+    TensorFlow smoke test in IMAGE expecting ``expected_gpus`` (0: at least one), and with
+    ``host_python`` of the smoke test run by that interpreter on the host (when it exists). Reads
+    only; the containers are removed when they exit.
+    """
+
+    @staticmethod
+    def default() -> VerificationEvidenceInfo:
+        return parse_verification_evidence([])
+
+    def command(
+        self,
+        image: str,
+        smoke_test: bool = True,
+        expected_gpus: int = 0,
+        host_python: str | None = None,
+    ) -> str:
+        return evidence_sections(image, smoke_test, expected_gpus, host_python)
+
+    def process(self, output: list[str]) -> VerificationEvidenceInfo:
+        return parse_verification_evidence(output)

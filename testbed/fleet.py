@@ -1,0 +1,268 @@
+"""A fleet of booted Debian test hosts for end-to-end tests, benchmarks and the sandbox.
+
+    with Fleet(count=8, suite="bookworm", repo=repo_tree, cache_dir=cache) as fleet:
+        inventory = fleet.write_inventory(tmp_path / "inventory.py")
+        fleet.run_pyinfra(str(inventory), "deploys/docker.py")
+
+Hosts boot in parallel from one cached root filesystem; pyinfra, ssh and the local apt mirror
+run in the fleet's controller namespace, the only network the hosts can reach. Leaving the
+block (normally, on error, on Ctrl-C, or at interpreter exit) stops the hosts and removes
+everything the fleet created; a run killed outright is cleaned by the next one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import pprint
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from testbed.machine import (
+    AptRepository,
+    HostBootError,
+    Machine,
+    host_files,
+    ssh_command,
+    start_process,
+)
+from testbed.network import (
+    RUN_ROOT,
+    ControllerNetwork,
+    cleanup_stale,
+    kill_and_wait,
+    new_prefix,
+    owner_identity,
+    processes_in_netns,
+    run_command,
+)
+from testbed.rootfs import build_rootfs
+from testbed.standin_repo import REPO_HOST, REPO_PORT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYINFRA = Path(sys.executable).parent / "pyinfra"
+DEFAULT_BOOT_TIMEOUT = 180.0
+DEFAULT_STOP_TIMEOUT = 15.0
+SERVER_START_TIMEOUT = 10.0
+
+_fleet_sequence = itertools.count()
+
+
+@dataclass(frozen=True)
+class TestHost:
+    __test__ = False  # not a pytest test class, whatever its name
+
+    name: str
+    address: str
+    # The host's / as seen from the machine running the tests: put files here directly.
+    root: Path
+    console_log: Path
+
+
+class FleetFactory(Protocol):
+    """Opens fleets that are closed for the caller (the ``fleet_factory`` fixture)."""
+
+    def __call__(
+        self, count: int = 1, suite: str = "bookworm", boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    ) -> Fleet: ...
+
+
+class Fleet:
+    """``count`` booted hosts of Debian ``suite`` that see the local test mirror ``repo``."""
+
+    def __init__(
+        self,
+        count: int,
+        suite: str,
+        cache_dir: Path,
+        repo: AptRepository | None = None,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+    ) -> None:
+        self.count = count
+        self.suite = suite
+        self.cache_dir = cache_dir
+        self.repo = repo
+        self.boot_timeout = boot_timeout
+        self.prefix = new_prefix(next(_fleet_sequence))
+        self.run_dir = RUN_ROOT / self.prefix
+        self.ssh_key = self.run_dir / "id_ed25519"
+        self.controller = ControllerNetwork(self.prefix)
+        self.machines: list[Machine] = []
+        self.server: subprocess.Popen[bytes] | None = None
+        self.boot_seconds: float | None = None
+        self.stop_seconds: float | None = None
+        self._closed = False
+
+    @property
+    def hosts(self) -> list[TestHost]:
+        return [
+            TestHost(machine.name, machine.network.address, machine.root, machine.console_log)
+            for machine in self.machines
+        ]
+
+    def __enter__(self) -> Fleet:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("open a Fleet from the main thread (child death signals)")
+        cleanup_stale()
+        rootfs = build_rootfs(self.suite, self.cache_dir)
+        atexit.register(self.close)
+        try:
+            self._open(rootfs)
+        except BaseException as error:
+            try:
+                self.close()
+            except RuntimeError as cleanup_error:
+                error.add_note(str(cleanup_error))
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open(self, rootfs: Path) -> None:
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True)
+        (self.run_dir / "owner").write_text(owner_identity())
+        run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.prefix,
+                     "-f", str(self.ssh_key)])  # fmt: skip
+        public_key = self.ssh_key.with_suffix(".pub").read_text()
+        self.controller.create()
+        if self.repo is not None:
+            self.serve(self.repo.root)
+        for index in range(self.count):
+            network = self.controller.add_host(index)
+            machine = Machine(
+                name=network.netns,
+                rootfs=rootfs,
+                state_dir=self.run_dir / f"h{index}",
+                network=network,
+                controller=self.controller,
+                ssh_key=self.ssh_key,
+            )
+            self.machines.append(machine)
+            machine.prepare(host_files(machine.name, self.suite, public_key, self.repo))
+            machine.start()
+        pool = ThreadPoolExecutor(max_workers=self.count)
+        try:
+            waits = [pool.submit(m.wait_ready, self.boot_timeout) for m in self.machines]
+            errors = [str(error) for wait in waits if (error := wait.exception()) is not None]
+        finally:
+            # On Ctrl-C do not wait for the boots: close() stops the hosts, ending the waits.
+            pool.shutdown(wait=False, cancel_futures=True)
+        if errors:
+            raise HostBootError("\n\n".join(errors))
+        self.boot_seconds = time.monotonic() - started
+
+    def serve(self, root: Path) -> None:
+        """Serve ``root`` over HTTP at the repo address inside the controller namespace."""
+        if self.server is not None:
+            raise RuntimeError("this fleet already serves a directory")
+        log = self.run_dir / "http.log"
+        command = [sys.executable, "-u", "-m", "http.server", "--bind", REPO_HOST,
+                   "--directory", str(root), str(REPO_PORT)]  # fmt: skip
+        self.server = start_process(self.controller.command(command), log)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        # http.server prints its banner only once the socket is bound.
+        while "Serving HTTP" not in log.read_text():
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"HTTP server for {root} did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+
+    def ssh(
+        self, host: TestHost | str, command: str, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the shell ``command`` on ``host`` (a TestHost or its name) as root."""
+        return self._machine(host).ssh(command, timeout=timeout)
+
+    def _machine(self, host: TestHost | str) -> Machine:
+        name = host if isinstance(host, str) else host.name
+        for machine in self.machines:
+            if machine.name == name:
+                return machine
+        raise KeyError(f"no host {name} in this fleet")
+
+    def ssh_command(self, host: TestHost, command: str) -> list[str]:
+        """The argv that :meth:`ssh` runs, for callers that need their own subprocess."""
+        return ssh_command(self.controller, self.ssh_key, host.address, command)
+
+    def write_inventory(
+        self,
+        path: Path,
+        data: dict[str, object] | None = None,
+        host_data: dict[str, dict[str, object]] | None = None,
+    ) -> Path:
+        """Write a pyinfra inventory of the hosts; ``host_data`` is keyed by host name."""
+        unknown = set(host_data or {}) - {host.name for host in self.hosts}
+        if unknown:
+            raise KeyError(f"host_data for hosts not in this fleet: {sorted(unknown)}")
+        connection = {
+            "ssh_user": "root",
+            "ssh_key": str(self.ssh_key),
+            # The fleet's own known_hosts, gone with the fleet: no prompt, no warning per host.
+            "ssh_strict_host_key_checking": "accept-new",
+            "ssh_known_hosts_file": str(self.run_dir / "known_hosts"),
+        }
+        hosts = [
+            (host.address, {**connection, **(data or {}), **(host_data or {}).get(host.name, {})})
+            for host in self.hosts
+        ]
+        path.write_text(
+            f"# Throwaway gpufleet test hosts of fleet {self.prefix}.\n"
+            f"test_hosts = {pprint.pformat(hosts, width=96, sort_dicts=False)}\n"
+        )
+        return path
+
+    def run_pyinfra(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+        """Run ``pyinfra -y *args`` from the repository root in the controller namespace."""
+        return subprocess.run(
+            self.controller.command([str(PYINFRA), "-y", *args]),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def close(self) -> None:
+        """Stop every host and remove all the fleet created; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        started = time.monotonic()
+        problems = []
+        with ThreadPoolExecutor(max_workers=max(len(self.machines), 1)) as pool:
+            stops = [pool.submit(m.stop, DEFAULT_STOP_TIMEOUT) for m in self.machines]
+            problems += [str(error) for stop in stops if (error := stop.exception()) is not None]
+        if self.server is not None:
+            self.server.terminate()
+            try:
+                self.server.wait(5)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+        kill_and_wait(processes_in_netns(self.controller.path))
+        self.controller.destroy()
+        run_command(["rm", "-rf", "--one-file-system", str(self.run_dir)])
+        with contextlib.suppress(OSError):
+            RUN_ROOT.rmdir()  # only when no other fleet is running
+        if self.controller.path.exists():
+            problems.append(f"netns {self.controller.netns}")
+        if self.run_dir.exists():
+            problems.append(f"directory {self.run_dir}")
+        self.stop_seconds = time.monotonic() - started
+        if problems:
+            raise RuntimeError(f"fleet {self.prefix} left behind:\n" + "\n".join(problems))
