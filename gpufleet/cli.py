@@ -72,6 +72,7 @@ def report_command(
     The fleet report of a folder of per-host verification results (RESULTS_DIR): Markdown on
     standard output unless --html or --markdown name files.
     """
+    # Hosts report cuDNN's header version (8.1.1 for the 8.1.1.33 pin).
     pins = Expectations(driver, cuda, cudnn)
     rows = fleet_report.load_rows(results_dir, pins)
     table = fleet_report.render_markdown(rows, pins)

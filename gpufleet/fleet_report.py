@@ -1,7 +1,7 @@
 """
 Fleet report: one row per host from a folder of per-host result files, as a self-contained HTML
-page and as a Markdown table for terminals. Versions that differ from the fleet's pinned ones
-(drift) are highlighted in both.
+page (templates/fleet-report.html.j2) and as a Markdown table for terminals. Versions that differ
+from the fleet's pinned ones (drift) are highlighted in both.
 
 Each result file is JSON: {"host", "os", "verdict": HostVerdict, "facts": {...}, "smoke_test":
 tf_smoke_test.py's report or null}, with facts keyed as GpuHostState's (nvidia_smi, cuda,
@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
 from gpufleet.diagnosis import Expectations, HostState, gpu_models
+from gpufleet.stack.versions import CudnnPin
 
 COLUMNS = (
     ("host", "Host"),
@@ -34,6 +37,16 @@ COLUMNS = (
     ("tensorflow", "TensorFlow"),
     ("matmul_ms", "matmul ms per GPU"),
     ("broken_layer", "Broken layer"),
+)
+
+# Autoescape: every value from the hosts is HTML-escaped wherever the page shows it.
+HTML_TEMPLATES = Environment(
+    loader=PackageLoader("gpufleet", "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
 )
 
 
@@ -139,7 +152,8 @@ def host_row(result: dict[str, Any], pins: Expectations) -> Row:
         for column, seen, pinned in (
             ("driver", driver, pins.driver_version),
             ("cuda", cuda_release, pins.cuda_version),
-            ("cudnn", cudnn, pins.cudnn_version),
+            # Hosts report cuDNN's header version (8.1.1) of the pin (8.1.1.33).
+            ("cudnn", cudnn, CudnnPin(pins.cudnn_version).header_version),
         )
         if seen != pinned
     }
@@ -206,6 +220,11 @@ def totals_text(rows: Sequence[Row]) -> str:
     return f"{len(rows)} hosts: {', '.join(counts)}, {drifted} drifted"
 
 
+def problem_summaries(rows: Sequence[Row]) -> list[str]:
+    """The summaries of the hosts that are not ok, listed under the table."""
+    return [row.summary for row in rows if row.state != "ok" and row.summary]
+
+
 def markdown_cell(text: str) -> str:
     """
     ``text`` as inline Markdown that shows as written: on one line, with no HTML, no code span,
@@ -234,49 +253,17 @@ def render_markdown(rows: Sequence[Row], pins: Expectations) -> str:
                 text = f"{text} DRIFT"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
-    problems = [row.summary for row in rows if row.state != "ok" and row.summary]
+    problems = problem_summaries(rows)
     if problems:
         lines += ["", *(f"- {markdown_cell(summary)}" for summary in problems)]
     return "\n".join(lines) + "\n"
 
 
-STYLE = """
-body { font-family: sans-serif; margin: 1.5em; }
-table { border-collapse: collapse; }
-th, td { border: 1px solid #bbb; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-th { background: #eee; }
-tr.broken td, tr.unreadable td { background: #fde2e2; }
-tr.unverified td { background: #fff7d6; }
-td.drift { background: #ffd36b; font-weight: bold; }
-"""
-
-
 def render_html(rows: Sequence[Row], pins: Expectations) -> str:
-    def escape(text: str) -> str:
-        return html.escape(text, quote=True)
-
-    header = "".join(f"<th>{escape(title)}</th>" for _, title in COLUMNS)
-    body = []
-    for row in rows:
-        classes = " ".join([row.state, *(["drift"] if row.drift else [])])
-        cells = "".join(
-            f'<td class="drift" title="pinned: {escape(pins_text(pins))}">'
-            f"{escape(row.cells[key])}</td>"
-            if key in row.drift
-            else f"<td>{escape(row.cells[key])}</td>"
-            for key, _ in COLUMNS
-        )
-        body.append(f'<tr class="{escape(classes)}">{cells}</tr>')
-    problems = "".join(
-        f"<li>{escape(row.summary)}</li>" for row in rows if row.state != "ok" and row.summary
-    )
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8"><title>gpufleet report</title>'
-        f"<style>{STYLE}</style></head><body>"
-        f"<h1>gpufleet report</h1><p>Pinned: {escape(pins_text(pins))}. "
-        f"{escape(totals_text(rows))}.</p>"
-        f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        + (f"<h2>Problems</h2><ul>{problems}</ul>" if problems else "")
-        + "</body></html>\n"
+    return HTML_TEMPLATES.get_template("fleet-report.html.j2").render(
+        columns=COLUMNS,
+        rows=rows,
+        problems=problem_summaries(rows),
+        pins=pins_text(pins),
+        totals=totals_text(rows),
     )

@@ -7,19 +7,25 @@ hosts carry on, and the run exits non-zero.
 from __future__ import annotations
 
 import logging
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
+from pyinfra.api import State
 from pyinfra.context import ctx_host
 
 from gpufleet.deploys.cuda import CUDA_REPO_NAME
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME
 from gpufleet.repository_keys import RepositoryKeyError, fetch_keyring
-from gpufleet.settings import GpuSettings
+from gpufleet.settings import GpuSettings, InventoryData, SettingsError, read_settings
 from gpufleet.stack import compat
 
 logger = logging.getLogger("pyinfra")
 
 REFUSAL_HEADLINE = "refusing to deploy, nothing was changed on the host:"
+
+
+# Per run (pyinfra State): each refusal message, and the host it was first printed for.
+_first_refused: WeakKeyDictionary[State, dict[str, str]] = WeakKeyDictionary()
 
 
 def refusal_message(problems: list[str]) -> str:
@@ -32,10 +38,30 @@ def refuse_host(problems: list[str]) -> None:
     Fail the current host now, during planning (in `--dry` runs too), saying why: none of its
     operations run. pyinfra fails a host whose fact cannot be read the same way.
     """
-    host.log_styled(refusal_message(problems), fg="red", bold=True, log_func=logger.error)
     # The Host itself, not the context's proxy for it: pyinfra reads the set after the run.
     refused = ctx_host.get()
+    message = refusal_message(problems)
+    # Bad group data refuses every host for the same reasons: said once, then named per host.
+    first = _first_refused.setdefault(refused.state, {}).setdefault(message, refused.name)
+    if first != refused.name:
+        message = f"refused for the same reasons as {first}"
+    host.log_styled(message, fg="red", bold=True, log_func=logger.error)
     refused.state.fail_hosts({refused})
+
+
+def settings_or_refusal(data: InventoryData) -> GpuSettings | None:
+    """
+    The current host's settings from its inventory ``data`` (an entry deploy's host.data), with
+    their warnings logged; None, the host refused, when they cannot be used.
+    """
+    try:
+        settings = read_settings(data)
+    except SettingsError as error:
+        refuse_host([str(error)])
+        return None
+    for warning in settings.warnings:
+        host.log_styled(warning, fg="yellow", log_func=logger.warning)
+    return settings
 
 
 def repository_keyrings(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpufleet.settings import DATA_DEFAULTS, SettingsError, read_settings
+from gpufleet.settings import SettingsError, read_settings
 
 # The driver upgrade deploy, as pyinfra finds a deploy function by its import path.
 DEPLOY = "gpufleet.driver_upgrade"
@@ -87,7 +87,7 @@ def inventory_hosts(inventory: str, pyinfra_args: list[str]) -> list[tuple[str, 
 def upgrade_batch_size(host: dict[str, Any]) -> int:
     """The host's upgrade_batch_size, from its entry in pyinfra's JSON host list."""
     try:
-        return read_settings({**DATA_DEFAULTS, **host["data"]}).upgrade_batch_size
+        return read_settings(host["data"]).upgrade_batch_size
     except SettingsError as error:
         raise RolloutError(f"{host['name']}: {error}") from error
 

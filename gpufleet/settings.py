@@ -1,9 +1,10 @@
 """
-gpufleet's inventory interface: the data keys, their defaults and their types.
+gpufleet's inventory interface: the data keys, their defaults and their types, as one model.
 
-Only @deploy functions call `read_settings(host.data)`; everything below them takes plain values.
-Every value is checked here, before anything builds a package name, a path or an apt source line
-from it; a misspelt key is refused rather than silently left to its default.
+Only the entry @deploy functions call `read_settings(host.data)`; everything below them takes
+plain values. Every value is checked here, before anything builds a package name, a path or an
+apt source line from it; a misspelt key is refused rather than silently left to its default.
+Each refusal names the key, the value (a URL's credentials redacted) and what would work.
 """
 
 from __future__ import annotations
@@ -11,57 +12,23 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, NoReturn, Protocol, TypeAlias, cast
 
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic_core import PydanticCustomError
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.stack import compat
+from gpufleet.stack import catalog, compat
 from gpufleet.stack.urls import redact, url_problem
-
-DATA_DEFAULTS: dict[str, Any] = {
-    "nvidia_driver_branch": "470",
-    "nvidia_driver_version": "470.182.03",
-    "cuda_version": "11.2",
-    "cuda_package_version": "11.2.2",
-    "cudnn_version": "8.1.1.33",
-    # None: NVIDIA's repository for the host's OS release.
-    "nvidia_cuda_repo_url": None,
-    # None: 3bf863cc.pub inside the CUDA repository.
-    "nvidia_cuda_repo_key_url": None,
-    "nvidia_cuda_repo_key_fingerprint": compat.NVIDIA_CUDA_KEY_FINGERPRINT,
-    "nvidia_container_repo_url": compat.NVIDIA_CONTAINER_REPO_URL,
-    "nvidia_container_repo_key_url": compat.NVIDIA_CONTAINER_KEY_URL,
-    "nvidia_container_repo_key_fingerprint": compat.NVIDIA_CONTAINER_KEY_FINGERPRINT,
-    "nvidia_container_toolkit_version": "1.17.4",
-    # None: docker.io, Debian's and Ubuntu's own build.
-    "docker_package": None,
-    "docker_default_runtime": "nvidia",
-    "docker_daemon_config": {},
-    # Restart docker for a daemon.json change even while containers run (stopping them, unless
-    # live-restore is on).
-    "docker_restart_with_running_containers": False,
-    "gpu_reboot_allowed": False,
-    # Seconds a package change waits for another process's dpkg/apt lock before failing the host.
-    "gpu_apt_lock_timeout": 600,
-    "tensorflow_image": "tensorflow/tensorflow:2.9.0-gpu",
-    # Verification (deploys/verify.py), run at the end of gpu_host unless gpu_verify is false.
-    "gpu_verify": True,
-    # None: at least one GPU.
-    "gpu_expected_count": None,
-    # Run the TensorFlow smoke test (the framework layer) in tensorflow_image.
-    "gpu_smoke_test": True,
-    # Also run it on the host, in a virtualenv with TensorFlow 2.9 (needs Python 3.7 to 3.10).
-    "tensorflow_host_test": False,
-    # Folder on the controller (relative to where pyinfra runs) for the per-host result JSON.
-    "gpu_results_dir": "results",
-    # Driver upgrades (deploys/driver_upgrade.py, deploys/rollout.py): hosts per batch, whether
-    # GPU containers may be stopped, and whether the verification includes the smoke test.
-    "upgrade_batch_size": 1,
-    "upgrade_drain": False,
-    "upgrade_smoke_test": False,
-}
 
 # An unknown key with one of these prefixes looks like gpufleet's: it is reported, not ignored.
 GPUFLEET_KEY_PREFIXES = ("gpu_", "nvidia_", "cuda_", "cudnn_", "docker_", "tensorflow_", "upgrade_")
@@ -86,9 +53,7 @@ class SettingsError(DeployError):
 
 
 class DataSource(Protocol):
-    """pyinfra's HostData (`host.data`): read one key, or all of them flattened with dict()."""
-
-    def get(self, key: str, default: Any = None) -> Any: ...
+    """pyinfra's HostData (`host.data`): all its keys, flattened, with dict()."""
 
     def dict(self) -> Mapping[str, Any]: ...
 
@@ -96,93 +61,8 @@ class DataSource(Protocol):
 # host.data, or a plain mapping of data keys (the rollout's inventory dump, tests).
 InventoryData: TypeAlias = "DataSource | Mapping[str, Any]"
 
-
-@dataclass(frozen=True)
-class GpuSettings:
-    nvidia_driver_branch: str
-    nvidia_driver_version: str
-    cuda_version: str
-    cuda_package_version: str
-    cudnn_version: str
-    nvidia_cuda_repo_url: str | None
-    nvidia_cuda_repo_key_url: str | None
-    nvidia_cuda_repo_key_fingerprint: str
-    nvidia_container_repo_url: str
-    nvidia_container_repo_key_url: str
-    nvidia_container_repo_key_fingerprint: str
-    nvidia_container_toolkit_version: str
-    docker_package: str
-    docker_default_runtime: str | None
-    docker_daemon_config: dict[str, Any] = field(default_factory=dict)
-    docker_restart_with_running_containers: bool = False
-    gpu_reboot_allowed: bool = False
-    gpu_apt_lock_timeout: int = 600
-    tensorflow_image: str = "tensorflow/tensorflow:2.9.0-gpu"
-    gpu_verify: bool = True
-    gpu_expected_count: int | None = None
-    gpu_smoke_test: bool = True
-    tensorflow_host_test: bool = False
-    gpu_results_dir: str = "results"
-    upgrade_batch_size: int = 1
-    upgrade_drain: bool = False
-    upgrade_smoke_test: bool = False
-    # Unknown keys that look like gpufleet's but are not a misspelling of one: for the log.
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def stack_request(self) -> compat.StackRequest:
-        return compat.StackRequest(
-            nvidia_driver_branch=self.nvidia_driver_branch,
-            nvidia_driver_version=self.nvidia_driver_version,
-            cuda_version=self.cuda_version,
-            cuda_package_version=self.cuda_package_version,
-            cudnn_version=self.cudnn_version,
-            nvidia_container_toolkit_version=self.nvidia_container_toolkit_version,
-            tensorflow_image=self.tensorflow_image,
-            nvidia_cuda_repo_url=self.nvidia_cuda_repo_url,
-        )
-
-    def cuda_repo_url(self, platform: compat.HostPlatform) -> str:
-        return self.nvidia_cuda_repo_url or compat.cuda_repo_url(platform.cuda_repo_release)
-
-    def cuda_repo_key_url(self, platform: compat.HostPlatform) -> str:
-        return self.nvidia_cuda_repo_key_url or self.cuda_repo_url(platform) + "3bf863cc.pub"
-
-
-# Keys that may be None (see DATA_DEFAULTS for what None means).
-_OPTIONAL = {
-    "nvidia_cuda_repo_url",
-    "nvidia_cuda_repo_key_url",
-    "docker_package",
-    "docker_default_runtime",
-    "gpu_expected_count",
-}
-_BOOLEANS = {
-    "docker_restart_with_running_containers",
-    "gpu_reboot_allowed",
-    "gpu_verify",
-    "gpu_smoke_test",
-    "tensorflow_host_test",
-    "upgrade_drain",
-    "upgrade_smoke_test",
-}
-# Whole-number keys: the least value, what the number is, and a typical one.
-_WHOLE_NUMBERS: dict[str, tuple[int, str, int]] = {
-    "gpu_expected_count": (1, "a whole number of GPUs (at least 1), or None for at least one", 8),
-    "upgrade_batch_size": (1, "a whole number of hosts (at least 1)", 2),
-    "gpu_apt_lock_timeout": (0, "a whole number of seconds (0 or more)", 600),
-}
-_NOT_STRINGS = {*_BOOLEANS, *_WHOLE_NUMBERS, "docker_daemon_config"}
-# Written into `deb [signed-by=...] URL /` as one word.
-_REPOSITORY_URLS = {"nvidia_cuda_repo_url", "nvidia_container_repo_url"}
-# Fetched on the controller: a URL, or a path there.
-_KEY_LOCATIONS = {"nvidia_cuda_repo_key_url", "nvidia_container_repo_key_url"}
-# Examples for the string keys whose default is None.
-_EXAMPLES = {
-    "nvidia_cuda_repo_url": "https://mirror.example.com/cuda/ubuntu2004/x86_64/",
-    "nvidia_cuda_repo_key_url": "https://mirror.example.com/cuda/3bf863cc.pub",
-    "docker_package": "docker-ce",
-}
+# The pydantic error type of gpufleet's refusals; its context holds the whole messages.
+DATA_PROBLEM = "gpufleet_data_problem"
 
 _CUDA_RELEASE = re.compile(r"\d+\.\d+")
 _CUDA_PACKAGE_VERSION = re.compile(r"\d+\.\d+\.\d+")
@@ -199,46 +79,6 @@ _IMAGE_REFERENCE = re.compile(
 )
 _NO_CONTROL_CHARACTERS = re.compile(r"[^\x00-\x1f\x7f]*")
 
-# String keys that become package names, pins, image references and paths: their shape, and
-# what the message says when a value does not have it.
-_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
-    "nvidia_driver_branch": (compat.DRIVER_BRANCH, "is not a driver branch; use e.g. '470'"),
-    "nvidia_driver_version": (
-        compat.DRIVER_VERSION,
-        "is not a driver version; use the full upstream version, e.g. '470.182.03'",
-    ),
-    "cuda_version": (_CUDA_RELEASE, "is not a CUDA release; use major.minor, e.g. '11.2'"),
-    "cuda_package_version": (
-        _CUDA_PACKAGE_VERSION,
-        "is not a full CUDA toolkit release; use e.g. '11.2.2'",
-    ),
-    "cudnn_version": (
-        compat.CUDNN_VERSION,
-        "is not a full cuDNN package version; use e.g. '8.1.1.33'",
-    ),
-    "nvidia_container_toolkit_version": (
-        compat.CONTAINER_TOOLKIT_VERSION,
-        "is not a 1.x toolkit release; use e.g. '1.17.4'",
-    ),
-    "docker_package": (_DEBIAN_PACKAGE, "is not a Debian package name; use e.g. 'docker-ce'"),
-    "tensorflow_image": (
-        _IMAGE_REFERENCE,
-        "is not a docker image reference; use e.g. 'tensorflow/tensorflow:2.9.0-gpu'",
-    ),
-    "gpu_results_dir": (
-        _NO_CONTROL_CHARACTERS,
-        "contains a control character; use a plain folder path, e.g. 'results'",
-    ),
-    "nvidia_cuda_repo_key_url": (
-        _NO_CONTROL_CHARACTERS,
-        "contains a control character; use a URL or a controller path, e.g. 'keys/cuda.pub'",
-    ),
-    "nvidia_container_repo_key_url": (
-        _NO_CONTROL_CHARACTERS,
-        "contains a control character; use a URL or a controller path, e.g. 'keys/container.pub'",
-    ),
-}
-
 
 def _redacted(value: Any) -> Any:
     """``value`` with the credentials of every URL in it replaced."""
@@ -254,24 +94,6 @@ def _redacted(value: Any) -> Any:
 def _shown(value: Any) -> str:
     """``value`` as a message shows it: repr, never with a URL's `user:password@`."""
     return repr(_redacted(value))
-
-
-def _whole_number_problem(key: str, value: Any) -> str | None:
-    least, meaning, example = _WHOLE_NUMBERS[key]
-    if value is None and key in _OPTIONAL:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= least:
-        return None
-    if not isinstance(value, str):
-        return f"{key} = {_shown(value)} must be {meaning}, e.g. {example}"
-    # A quoted number ('2'), from YAML or JSON, is refused like any string; the message shows
-    # it unquoted.
-    if value.strip().isdecimal() and int(value) >= least:
-        example = int(value)
-    return (
-        f"{key} = {_shown(value)} must be {meaning}, e.g. {example} "
-        f"(not the string {_shown(value)})"
-    )
 
 
 def _json_problems(path: str, value: Any) -> list[str]:
@@ -308,12 +130,108 @@ def _json_problems(path: str, value: Any) -> list[str]:
     ]
 
 
-def _daemon_config_problems(config: Any) -> list[str]:
+def _refuse(*problems: str) -> NoReturn:
+    raise PydanticCustomError(DATA_PROBLEM, "{problems}", {"problems": problems})
+
+
+def _default(key: str) -> Any:
+    return GpuSettings.model_fields[key].get_default(call_default_factory=True)
+
+
+def _example(key: str) -> Any:
+    """A value that works for ``key``: its default, or its example where the default is None."""
+    examples = GpuSettings.model_fields[key].examples or [None]
+    return _default(key) or examples[0]
+
+
+def _key(info: ValidationInfo) -> str:
+    """The data key being checked (these validators only ever check fields)."""
+    return cast(str, info.field_name)
+
+
+def _none_is_default(value: Any, info: ValidationInfo) -> Any:
+    return _default(_key(info)) if value is None else value
+
+
+def _flag(value: Any, info: ValidationInfo) -> bool:
+    if not isinstance(value, bool):
+        _refuse(f"{_key(info)} = {_shown(value)} must be true or false")
+    return value
+
+
+def _whole_number(least: int, meaning: str, example: int) -> BeforeValidator:
+    """At least ``least``, written as a number; ``meaning`` is what the number counts."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        key = _key(info)
+        if value is None and _default(key) is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= least:
+            return value
+        if not isinstance(value, str):
+            _refuse(f"{key} = {_shown(value)} must be {meaning}, e.g. {example}")
+        # A quoted number ('2'), from YAML or JSON, is refused like any string; the message
+        # shows it unquoted.
+        shown_example = int(value) if value.strip().isdecimal() and int(value) >= least else example
+        _refuse(
+            f"{key} = {_shown(value)} must be {meaning}, e.g. {shown_example} "
+            f"(not the string {_shown(value)})"
+        )
+
+    return BeforeValidator(check)
+
+
+def _text(problem: Callable[[str, str], str | None]) -> BeforeValidator:
+    """A string key; ``problem(key, value)`` says what is wrong with a string's content."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        key = _key(info)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML-ish inventories write 11.2 or 470 unquoted; the string is what was meant.
+            value = str(value)
+        if value is None and _default(key) is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            _refuse(f"{key} = {_shown(value)} must be a string, e.g. {_example(key)!r}")
+        found = problem(key, value)
+        if found:
+            _refuse(found)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _shaped(pattern: re.Pattern[str], problem: str) -> BeforeValidator:
+    """A string of ``pattern``'s shape; ``problem`` says what other values are not, and the fix."""
+    return _text(
+        lambda key, value: (
+            None if pattern.fullmatch(value) else f"{key} = {_shown(value)} {problem}"
+        )
+    )
+
+
+def _key_location(example: str) -> BeforeValidator:
+    """Fetched on the controller: a URL, or a path there."""
+
+    def problem(key: str, value: str) -> str | None:
+        if "://" in value:
+            return url_problem(key, value)
+        if _NO_CONTROL_CHARACTERS.fullmatch(value):
+            return None
+        return (
+            f"{key} = {_shown(value)} contains a control character; use a URL or a controller "
+            f"path, e.g. {example!r}"
+        )
+
+    return _text(problem)
+
+
+def _daemon_config(config: Any) -> Any:
     if not isinstance(config, dict):
-        return [
+        _refuse(
             f"docker_daemon_config = {_shown(config)} must be a mapping of daemon.json keys to "
             "values, e.g. {'default-shm-size': '1G'}"
-        ]
+        )
     problems = _json_problems("docker_daemon_config", config)
     if "hosts" in config:
         problems.append(
@@ -323,30 +241,148 @@ def _daemon_config_problems(config: Any) -> list[str]:
             'configuration file: hosts"); add -H flags to ExecStart in a docker.service drop-in '
             "instead"
         )
-    return problems
+    if problems:
+        _refuse(*problems)
+    return config
 
 
-def _value_problems(key: str, value: Any) -> list[str]:
-    """Why ``value`` cannot be data key ``key``'s, each a whole message; none when it can."""
-    if key in _BOOLEANS:
-        return [] if isinstance(value, bool) else [f"{key} = {_shown(value)} must be true or false"]
-    if key in _WHOLE_NUMBERS:
-        problem = _whole_number_problem(key, value)
-        return [problem] if problem else []
-    if key == "docker_daemon_config":
-        return _daemon_config_problems(value)
-    if value is None and key in _OPTIONAL:
-        return []
-    if not isinstance(value, str) or not value.strip():
-        example = DATA_DEFAULTS[key] or _EXAMPLES[key]
-        return [f"{key} = {_shown(value)} must be a string, e.g. {example!r}"]
-    if key in _REPOSITORY_URLS or (key in _KEY_LOCATIONS and "://" in value):
-        problem = url_problem(key, value)
-        return [problem] if problem else []
-    if key in _FORMATS:
-        pattern, problem = _FORMATS[key]
-        return [] if pattern.fullmatch(value) else [f"{key} = {_shown(value)} {problem}"]
-    return []
+Flag = Annotated[bool, BeforeValidator(_flag)]
+# Any non-blank string (a fingerprint, a runtime name: checked where they are used).
+Text = _text(lambda key, value: None)
+# Written into `deb [signed-by=...] URL /` as one word.
+RepositoryUrl = _text(url_problem)
+
+
+class GpuSettings(BaseModel):
+    """gpufleet's data keys: each field's default is the key's default."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    nvidia_driver_branch: Annotated[
+        str, _shaped(compat.DRIVER_BRANCH, "is not a driver branch; use e.g. '470'")
+    ] = "470"
+    nvidia_driver_version: Annotated[
+        str,
+        _shaped(
+            compat.DRIVER_VERSION,
+            "is not a driver version; use the full upstream version, e.g. '470.182.03'",
+        ),
+    ] = "470.182.03"
+    cuda_version: Annotated[
+        str, _shaped(_CUDA_RELEASE, "is not a CUDA release; use major.minor, e.g. '11.2'")
+    ] = "11.2"
+    cuda_package_version: Annotated[
+        str,
+        _shaped(_CUDA_PACKAGE_VERSION, "is not a full CUDA toolkit release; use e.g. '11.2.2'"),
+    ] = "11.2.2"
+    cudnn_version: Annotated[
+        str,
+        _shaped(compat.CUDNN_VERSION, "is not a full cuDNN package version; use e.g. '8.1.1.33'"),
+    ] = "8.1.1.33"
+    # None: NVIDIA's repository for the host's OS release.
+    nvidia_cuda_repo_url: Annotated[str | None, RepositoryUrl] = Field(
+        default=None, examples=["https://mirror.example.com/cuda/ubuntu2004/x86_64/"]
+    )
+    # None: 3bf863cc.pub inside the CUDA repository.
+    nvidia_cuda_repo_key_url: Annotated[str | None, _key_location("keys/cuda.pub")] = Field(
+        default=None, examples=["https://mirror.example.com/cuda/3bf863cc.pub"]
+    )
+    nvidia_cuda_repo_key_fingerprint: Annotated[str, Text] = compat.NVIDIA_CUDA_KEY_FINGERPRINT
+    nvidia_container_repo_url: Annotated[str, RepositoryUrl] = compat.NVIDIA_CONTAINER_REPO_URL
+    nvidia_container_repo_key_url: Annotated[str, _key_location("keys/container.pub")] = (
+        compat.NVIDIA_CONTAINER_KEY_URL
+    )
+    nvidia_container_repo_key_fingerprint: Annotated[str, Text] = (
+        compat.NVIDIA_CONTAINER_KEY_FINGERPRINT
+    )
+    nvidia_container_toolkit_version: Annotated[
+        str,
+        _shaped(
+            compat.CONTAINER_TOOLKIT_VERSION, "is not a 1.x toolkit release; use e.g. '1.17.4'"
+        ),
+    ] = "1.17.4"
+    # None (as older inventories write it): the default.
+    docker_package: Annotated[
+        str,
+        _shaped(_DEBIAN_PACKAGE, "is not a Debian package name; use e.g. 'docker-ce'"),
+        BeforeValidator(_none_is_default),
+    ] = catalog.DOCKER_PACKAGE
+    # None: leave daemon.json's default-runtime alone.
+    docker_default_runtime: Annotated[str | None, Text] = "nvidia"
+    docker_daemon_config: Annotated[dict[str, Any], BeforeValidator(_daemon_config)] = Field(
+        default_factory=dict
+    )
+    # Restart docker for a daemon.json change even while containers run (stopping them, unless
+    # live-restore is on).
+    docker_restart_with_running_containers: Flag = False
+    gpu_reboot_allowed: Flag = False
+    # Seconds a package change waits for another process's dpkg/apt lock before failing the host.
+    gpu_apt_lock_timeout: Annotated[
+        int, _whole_number(0, "a whole number of seconds (0 or more)", 600)
+    ] = 600
+    tensorflow_image: Annotated[
+        str,
+        _shaped(
+            _IMAGE_REFERENCE,
+            "is not a docker image reference; use e.g. 'tensorflow/tensorflow:2.9.0-gpu'",
+        ),
+    ] = "tensorflow/tensorflow:2.9.0-gpu"
+    # Verification (deploys/verify.py), run at the end of gpu_host unless gpu_verify is false.
+    gpu_verify: Flag = True
+    # None: at least one GPU.
+    gpu_expected_count: Annotated[
+        int | None,
+        _whole_number(1, "a whole number of GPUs (at least 1), or None for at least one", 8),
+    ] = None
+    # Run the TensorFlow smoke test (the framework layer) in tensorflow_image.
+    gpu_smoke_test: Flag = True
+    # Also run it on the host, in a virtualenv with TensorFlow 2.9 (needs Python 3.7 to 3.10).
+    tensorflow_host_test: Flag = False
+    # Folder on the controller (relative to where pyinfra runs) for the per-host result JSON.
+    gpu_results_dir: Annotated[
+        str,
+        _shaped(
+            _NO_CONTROL_CHARACTERS,
+            "contains a control character; use a plain folder path, e.g. 'results'",
+        ),
+    ] = "results"
+    # Driver upgrades (deploys/driver_upgrade.py, gpufleet rollout): hosts per batch, whether
+    # GPU containers may be stopped, and whether the verification includes the smoke test.
+    upgrade_batch_size: Annotated[
+        int, _whole_number(1, "a whole number of hosts (at least 1)", 2)
+    ] = 1
+    upgrade_drain: Flag = False
+    upgrade_smoke_test: Flag = False
+
+    # Unknown keys that look like gpufleet's but are not a misspelling of one: for the log.
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self._warnings
+
+    @property
+    def stack_request(self) -> compat.StackRequest:
+        return compat.StackRequest(
+            nvidia_driver_branch=self.nvidia_driver_branch,
+            nvidia_driver_version=self.nvidia_driver_version,
+            cuda_version=self.cuda_version,
+            cuda_package_version=self.cuda_package_version,
+            cudnn_version=self.cudnn_version,
+            nvidia_container_toolkit_version=self.nvidia_container_toolkit_version,
+            tensorflow_image=self.tensorflow_image,
+            nvidia_cuda_repo_url=self.nvidia_cuda_repo_url,
+        )
+
+    def cuda_repo_url(self, platform: compat.HostPlatform) -> str:
+        return self.nvidia_cuda_repo_url or compat.cuda_repo_url(platform.cuda_repo_release)
+
+    def cuda_repo_key_url(self, platform: compat.HostPlatform) -> str:
+        return self.nvidia_cuda_repo_key_url or self.cuda_repo_url(platform) + "3bf863cc.pub"
+
+
+# pyinfra's @deploy(data_defaults=...): the model's defaults, as data.
+DATA_DEFAULTS: dict[str, Any] = {key: _default(key) for key in GpuSettings.model_fields}
 
 
 def _unknown_keys(keys: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -370,6 +406,18 @@ def _unknown_keys(keys: Iterable[str]) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def _problems(error: ValidationError) -> list[str]:
+    """The messages of ``error``, each naming its key, the value and what would work."""
+    problems: list[str] = []
+    for detail in error.errors():
+        if detail["type"] == DATA_PROBLEM:
+            problems += detail["ctx"]["problems"]
+        else:
+            key = ".".join(map(str, detail["loc"]))
+            problems.append(f"{key} = {_shown(detail['input'])}: {detail['msg']}")
+    return problems
+
+
 def read_settings(data: InventoryData) -> GpuSettings:
     """
     Read and check every gpufleet key; all problems are reported at once.
@@ -377,23 +425,17 @@ def read_settings(data: InventoryData) -> GpuSettings:
     Unknown keys that look like gpufleet's but are no misspelling come back in
     ``GpuSettings.warnings``, for the deploy to log.
     """
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for key, default in DATA_DEFAULTS.items():
-        value = data.get(key, default)
-        if (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and key not in _NOT_STRINGS
-        ):
-            # YAML-ish inventories write 11.2 or 470 unquoted; the string is what was meant.
-            value = str(value)
-        problems += _value_problems(key, value)
-        values[key] = value
-    typos, warnings = _unknown_keys(data.keys() if isinstance(data, Mapping) else data.dict())
-    problems += typos
-    if problems:
-        raise SettingsError("invalid gpufleet data:\n" + "\n".join(f"  - {p}" for p in problems))
-    if values["docker_package"] is None:
-        values["docker_package"] = "docker.io"
-    return GpuSettings(**values, warnings=tuple(warnings))
+    given = data if isinstance(data, Mapping) else data.dict()
+    typos, warnings = _unknown_keys(given)
+    try:
+        settings = GpuSettings.model_validate(dict(given))
+    except ValidationError as error:
+        raise SettingsError(_report(_problems(error) + typos)) from None
+    if typos:
+        raise SettingsError(_report(typos))
+    settings._warnings = tuple(warnings)
+    return settings
+
+
+def _report(problems: list[str]) -> str:
+    return "invalid gpufleet data:\n" + "\n".join(f"  - {problem}" for problem in problems)

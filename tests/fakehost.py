@@ -1,6 +1,7 @@
 """
 Scripted hosts for pyinfra's @fake connector: each fact command gets the output the same command
-prints on a host in the described state, so whole deploys can be planned (`--dry`) without a host.
+prints on a host in the described state, so whole deploys can be planned (`--dry`) and run
+without a host; and single operations planned on hand-written facts (``operation_commands``).
 
 The outputs are rendered in the formats of the real tools (dpkg-query, sha256sum, systemctl show,
 /etc/os-release), with os-release files taken from real hosts (tests/fixtures/os-release), and
@@ -15,36 +16,27 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, Host, Inventory, State
 from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.operation import add_op
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import StateOperationHostData
 from pyinfra.connectors.fake import FakeConnector
 from pyinfra.context import ctx_host, ctx_state
 
-from gpufleet.deploys.cuda import CUDA_REPO_NAME, environment_files, toolkit_path
-from gpufleet.deploys.cudnn import cudnn_packages
-from gpufleet.deploys.docker import DAEMON_JSON_PATH, merge_daemon_config, render_daemon_config
-from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME, container_toolkit_packages
-from gpufleet.deploys.nvidia_driver import (
-    NOUVEAU_BLACKLIST,
-    NOUVEAU_BLACKLIST_PATH,
-    PERSISTENCED_BOOT_LINK,
-    PERSISTENCED_DROPIN,
-    PERSISTENCED_DROPIN_PATH,
-    PERSISTENCED_UNIT,
-    driver_packages,
-)
 from gpufleet.facts.docker import DAEMON_JSON_EXISTS_MARKER
 from gpufleet.facts.gpu_host import SECTION_MARKER
-from gpufleet.operations.packages import KEYRING_DIR, SOURCES_DIR, source_line
-from gpufleet.repository_keys import dearmor
-from gpufleet.settings import DATA_DEFAULTS
-from gpufleet.stack import compat
+from tests.testinfra import correct_host
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_KEY = FIXTURES / "keys" / "fixture-archive-key.asc"
+# The same key as apt reads it from /etc/apt/keyrings (made by `gpg --dearmor`).
+FIXTURE_KEYRING = FIXTURES / "keys" / "fixture-archive-key.gpg"
 FIXTURE_KEY_FINGERPRINT = "4EB9E934471256AEDAE2AB1FC6607FBBA0D62461"
 UBUNTU_2004_KERNEL = "5.4.0-150-generic"
 
@@ -82,7 +74,7 @@ class FakeHost:
         return [f"link\t{path}\t{target}" for path, target in self.links.items()]
 
     def daemon_json_lines(self) -> list[str]:
-        data = self.files.get(DAEMON_JSON_PATH)
+        data = self.files.get(correct_host.DAEMON_JSON_PATH)
         if data is None:
             return []
         return [DAEMON_JSON_EXISTS_MARKER, *data.decode().splitlines()]
@@ -159,40 +151,41 @@ def bare_debian_12() -> FakeHost:
     )
 
 
-def converged_ubuntu_2004(data: dict[str, Any]) -> FakeHost:
-    """The host as gpufleet leaves it, for the given inventory data (over the defaults)."""
-    settings = {**DATA_DEFAULTS, **data}
-    host = bare_ubuntu_2004()
-    platform = compat.HostPlatform.from_os_release({"ID": "ubuntu", "VERSION_ID": "20.04"})
-    cuda_url = settings["nvidia_cuda_repo_url"] or compat.cuda_repo_url(platform.cuda_repo_release)
-    keyring = dearmor(FIXTURE_KEY.read_bytes())
-    for repository, url in (
-        (CUDA_REPO_NAME, cuda_url),
-        (CONTAINER_REPO_NAME, settings["nvidia_container_repo_url"]),
-    ):
-        keyring_path = f"{KEYRING_DIR}/{repository}.gpg"
-        host.files[keyring_path] = keyring
-        host.files[f"{SOURCES_DIR}/{repository}.list"] = source_line(url, keyring_path).encode()
-    host.files[NOUVEAU_BLACKLIST_PATH] = NOUVEAU_BLACKLIST.encode()
-    host.files[PERSISTENCED_DROPIN_PATH] = PERSISTENCED_DROPIN.encode()
-    host.links[PERSISTENCED_BOOT_LINK] = PERSISTENCED_UNIT
-    for path, text in environment_files(settings["cuda_version"]).items():
-        host.files[path] = text.encode()
-    host.files[DAEMON_JSON_PATH] = render_daemon_config(
-        merge_daemon_config(
-            {}, settings["docker_default_runtime"], settings["docker_daemon_config"], []
-        ).config
-    )
-    host.cuda_default_path = toolkit_path(settings["cuda_version"])
+# daemon.json as gpufleet writes it on a host without one, with the default inventory data.
+CONVERGED_DAEMON_JSON = b"""\
+{
+    "runtimes": {
+        "nvidia": {
+            "path": "nvidia-container-runtime",
+            "args": []
+        }
+    },
+    "default-runtime": "nvidia"
+}
+"""
 
-    pinned = {
-        **driver_packages(settings["nvidia_driver_branch"], settings["nvidia_driver_version"]),
-        compat.cuda_package_name(settings["cuda_version"]): settings["cuda_package_version"] + "-*",
-        **cudnn_packages(settings["cudnn_version"], settings["cuda_version"]),
-        **container_toolkit_packages(settings["nvidia_container_toolkit_version"]),
+
+def converged_ubuntu_2004() -> FakeHost:
+    """
+    The Ubuntu 20.04 host as gpufleet leaves it with FIXTURE_KEY_DATA over the defaults: the
+    specification (tests/testinfra/correct_host.py), with a package version for each pin.
+    """
+    host = bare_ubuntu_2004()
+    keyring = FIXTURE_KEYRING.read_bytes()
+    urls = {
+        "cuda": correct_host.CUDA_REPO_URL,
+        "nvidia-container-toolkit": correct_host.CONTAINER_REPO_URL,
     }
-    for name, pattern in pinned.items():
-        assert pattern is not None
+    for repository, (keyring_path, sources_path) in correct_host.REPOSITORIES.items():
+        host.files[keyring_path] = keyring
+        host.files[sources_path] = correct_host.source_line(repository, urls[repository]).encode()
+    for path, text in correct_host.MANAGED_FILES.items():
+        host.files[path] = text.encode()
+    host.links.update(correct_host.LINKS)
+    host.cuda_default_path = correct_host.CUDA_TOOLKIT_PATH
+    host.files[correct_host.DAEMON_JSON_PATH] = CONVERGED_DAEMON_JSON
+    for name, pattern in correct_host.PINNED_PACKAGES.items():
+        # The repository's Debian revision 1 of each pinned version.
         host.packages[name] = (pattern.replace("*", "1"), "hold ok installed")
     host.packages[f"linux-headers-{UBUNTU_2004_KERNEL}"] = ("5.4.0-150.167", "install ok installed")
     # Ubuntu 20.04's docker.io (focal-updates).
@@ -207,7 +200,6 @@ def converged_ubuntu_2004(data: dict[str, Any]) -> FakeHost:
 class PlannedOperation:
     name: str
     commands: list[str]
-    conditional: bool
     uploads: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -245,37 +237,98 @@ def plan(
 ) -> dict[str, list[PlannedOperation]]:
     """
     Run a @deploy against @fake hosts through pyinfra's API and return, per host, each operation
-    that would change something with the commands it would run. Operations guarded by `_if`
-    (handlers) are listed as conditional, without running their triggers.
+    that would change something with the commands it would run.
     """
     return planned_operations(prepare(hosts, deploy_func))
 
 
-def planned_operations(state: State) -> dict[str, list[PlannedOperation]]:
-    """What ``plan`` returns, for a ``prepare``d state."""
-    planned: dict[str, list[PlannedOperation]] = {}
-    for host in state.inventory:
-        operations = []
-        for op_hash in state.get_op_order():
-            if op_hash not in state.ops[host]:
-                continue
-            op_data = state.get_op_data_for_host(host, op_hash)
-            name = ", ".join(state.get_op_meta(op_hash).names)
-            if op_data.global_arguments.get("_if"):
-                operations.append(PlannedOperation(name, [], conditional=True))
-                continue
-            with ctx_state.use(state), ctx_host.use(host):
-                generated = list(op_data.command_generator())
-            if not generated:
-                continue
-            planned_op = PlannedOperation(name, [], conditional=False)
-            for command in generated:
-                if isinstance(command, FileUploadCommand):
-                    planned_op.commands.append(f"upload {command.dest}")
-                    assert isinstance(command.src, io.BytesIO)  # gpufleet uploads from memory
-                    planned_op.uploads[command.dest] = command.src.getvalue()
-                else:
-                    planned_op.commands.append(str(command))
-            operations.append(planned_op)
-        planned[host.name.removeprefix("@fake/")] = operations
+def generated_commands(state: State, host: Host, op_hash: str) -> PlannedOperation:
+    """The operation's commands on ``host`` as planned (a handler's whatever its ``_if``)."""
+    name = ", ".join(state.get_op_meta(op_hash).names)
+    planned = PlannedOperation(name, [])
+    with ctx_state.use(state), ctx_host.use(host):
+        for command in state.get_op_data_for_host(host, op_hash).command_generator():
+            if isinstance(command, FileUploadCommand):
+                planned.commands.append(f"upload {command.dest}")
+                assert isinstance(command.src, io.BytesIO)  # gpufleet uploads from memory
+                planned.uploads[command.dest] = command.src.getvalue()
+            else:
+                planned.commands.append(str(command))
     return planned
+
+
+def planned_operations(state: State) -> dict[str, list[PlannedOperation]]:
+    """
+    What ``plan`` returns, for a ``prepare``d state: each operation with the commands it yields
+    when planned (as `pyinfra --dry` lists them). Handlers (`_if`) are evaluated as pyinfra
+    evaluates them, after their triggers ran: the state is run on the @fake hosts (which keep
+    answering as in their described state), and a handler is listed where it ran its commands.
+    A host that fails in that run (verification of a host described without a GPU) keeps its
+    planned operations, without the handlers the run did not reach.
+    """
+    generated = {
+        host: {
+            op_hash: generated_commands(state, host, op_hash)
+            for op_hash in state.get_op_order()
+            if op_hash in state.ops[host]
+        }
+        for host in state.inventory
+    }
+    try:
+        run_ops(state)
+    except PyinfraError:
+        if state.failed_hosts != set(state.inventory):
+            raise
+    planned: dict[str, list[PlannedOperation]] = {}
+    for host, operations in generated.items():
+        planned[host.name.removeprefix("@fake/")] = [
+            operation
+            for op_hash, operation in operations.items()
+            if operation.commands and handler_ran(state.get_op_data_for_host(host, op_hash))
+        ]
+    return planned
+
+
+def handler_ran(op_data: StateOperationHostData) -> bool:
+    """Whether the operation, if it is a handler (``_if``), ran its commands."""
+    if not op_data.global_arguments.get("_if"):
+        return True
+    meta = op_data.operation_meta
+    return meta.is_complete() and meta.did_change()
+
+
+@dataclass(frozen=True)
+class OperationCase:
+    """
+    One operation case in pyinfra's fixture style (its tests/operations/*/*.json): the
+    operation's arguments, the facts it reads (fact class name -> value), and exactly the
+    commands it yields ("upload <path>" for a file, whose contents are in ``uploads``).
+    """
+
+    id: str
+    args: dict[str, Any]
+    facts: dict[str, Any]
+    commands: list[str]
+    uploads: dict[str, bytes] = field(default_factory=dict)
+
+
+def operation_commands(
+    operation: Any, args: dict[str, Any], facts: dict[str, Any]
+) -> PlannedOperation:
+    """
+    What ``operation`` yields for ``args`` on a @fake host whose facts are ``facts``, planned
+    through pyinfra's API. Reading a fact the case does not give fails, but for pyinfra's TmpDir
+    (an upload's temporary name), which is left to pyinfra's default.
+    """
+    facts = {"TmpDir": "", **facts}
+    state = State(Inventory((["@fake/host"], {})), Config())
+    connect_all(state)
+    (fake_host,) = state.inventory
+
+    def given_fact(fact: type, *fact_args: Any, **fact_kwargs: Any) -> Any:
+        assert fact.__name__ in facts, f"the operation read {fact.__name__}{fact_kwargs}"
+        return facts[fact.__name__]
+
+    with patch.object(fake_host, "get_fact", given_fact):
+        add_op(state, operation, **args)
+        return generated_commands(state, fake_host, state.get_op_order()[-1])

@@ -17,9 +17,10 @@ from pyinfra import host, logger, state
 from pyinfra.api import deploy, operation
 
 from gpufleet import fleet_report
-from gpufleet.deploys.verify import expectations_for, verify
+from gpufleet.deploys.verify import expectations_for, verify_host
 from gpufleet.diagnosis import Expectations
-from gpufleet.settings import DATA_DEFAULTS, read_settings
+from gpufleet.preflight import settings_or_refusal
+from gpufleet.settings import DATA_DEFAULTS
 
 REPORT_NAME = "fleet-report"
 
@@ -49,8 +50,12 @@ def fleet_report_written(results_dir: str, pins: Expectations):
 
 @deploy("Audit GPU host", data_defaults=DATA_DEFAULTS)
 def audit() -> None:
-    settings = read_settings(host.data)
-    verify(settings=settings, fail_broken=False, install_host_test=False)
+    settings = settings_or_refusal(host.data)
+    if settings is None:
+        return
+    verify_host(
+        settings, smoke_test=settings.gpu_smoke_test, fail_broken=False, install_host_test=False
+    )
     fleet_report_written(
         name="Fleet report",
         results_dir=settings.gpu_results_dir,

@@ -18,8 +18,7 @@ from gpufleet.facts import snapshot
 from gpufleet.facts.cuda import CudaToolkits
 from gpufleet.operations import managed_files as files
 from gpufleet.operations import packages as apt
-from gpufleet.settings import DATA_DEFAULTS, GpuSettings, read_settings
-from gpufleet.stack import compat
+from gpufleet.stack import catalog
 
 CUDA_REPO_NAME = "cuda"
 CUDA_DEFAULT_LINK = "/usr/local/cuda"
@@ -75,22 +74,25 @@ def cuda_repository(url: str, keyring: bytes) -> None:
     )
 
 
-@deploy("CUDA toolkit", data_defaults=DATA_DEFAULTS)
-def cuda_toolkit(settings: GpuSettings | None = None) -> None:
-    settings = settings or read_settings(host.data)
-    package = compat.cuda_package_name(settings.cuda_version)
+@deploy("CUDA toolkit")
+def cuda_toolkit(cuda_version: str, package_version: str, lock_timeout: int) -> None:
+    """
+    + cuda_version: the CUDA release, e.g. "11.2"
+    + package_version: its exact toolkit release, e.g. "11.2.2"
+    + lock_timeout: seconds to wait for another process's dpkg lock
+    """
     toolkit = apt.pinned_packages(
-        name=f"CUDA toolkit {settings.cuda_package_version} (pinned, held)",
-        packages={package: f"{settings.cuda_package_version}-*"},
-        lock_timeout=settings.gpu_apt_lock_timeout,
+        name=f"CUDA toolkit {package_version} (pinned, held)",
+        packages=catalog.cuda_toolkit_packages(cuda_version, package_version),
+        lock_timeout=lock_timeout,
     )
     environment = files.contents(
         name="CUDA on PATH and the loader path",
-        files=environment_files(settings.cuda_version),
+        files=environment_files(cuda_version),
     )
     default_toolkit(
-        name=f"{CUDA_DEFAULT_LINK} -> CUDA {settings.cuda_version}",
-        path=toolkit_path(settings.cuda_version),
+        name=f"{CUDA_DEFAULT_LINK} -> CUDA {cuda_version}",
+        path=toolkit_path(cuda_version),
     )
     server.shell(
         name="Refresh the loader cache",

@@ -23,19 +23,18 @@ from pyinfra.operations import server
 
 from gpufleet.deploys.cuda import CUDA_REPO_NAME, cuda_repository
 from gpufleet.deploys.nvidia_driver import (
-    DRIVER_PACKAGE_PATTERNS,
     can_reload_modules,
     installed_driver_version,
     module_change_reason,
     nvidia_driver,
 )
-from gpufleet.deploys.verify import verify
+from gpufleet.deploys.verify import verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.facts.gpu_users import GpuContainer, container_uses_gpus
-from gpufleet.preflight import refuse_host, repository_keyrings
-from gpufleet.settings import DATA_DEFAULTS, GpuSettings, SettingsError, read_settings
-from gpufleet.stack import compat
+from gpufleet.preflight import refuse_host, repository_keyrings, settings_or_refusal
+from gpufleet.settings import DATA_DEFAULTS, GpuSettings
+from gpufleet.stack import catalog, compat
 
 logger = logging.getLogger("pyinfra")
 
@@ -155,12 +154,10 @@ def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -
 
 @deploy("gpufleet driver upgrade", data_defaults=DATA_DEFAULTS)
 def driver_upgrade() -> None:
-    try:
-        settings = read_settings(host.data)
-    except SettingsError as error:
-        refuse_host([str(error)])
+    settings = settings_or_refusal(host.data)
+    if settings is None:
         return
-    host_state = snapshot.take(packages=list(DRIVER_PACKAGE_PATTERNS))
+    host_state = snapshot.take(packages=list(catalog.DRIVER_PACKAGE_PATTERNS))
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
     problems = compat.check_stack(settings.stack_request, platform)
     keyrings: dict[str, bytes] = {}
@@ -172,5 +169,16 @@ def driver_upgrade() -> None:
     if not prepare_driver_change(settings, host_state):
         return
     cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
-    nvidia_driver(settings=settings, host_state=host_state)
-    verify(settings=settings, smoke_test=settings.upgrade_smoke_test)
+    install_driver(settings, host_state)
+    verify_host(settings, smoke_test=settings.upgrade_smoke_test)
+
+
+def install_driver(settings: GpuSettings, host_state: GpuHostStateInfo) -> None:
+    """The pinned driver, on a host read with every branch's driver packages."""
+    nvidia_driver(
+        branch=settings.nvidia_driver_branch,
+        version=settings.nvidia_driver_version,
+        host_state=host_state,
+        reboot_allowed=settings.gpu_reboot_allowed,
+        lock_timeout=settings.gpu_apt_lock_timeout,
+    )

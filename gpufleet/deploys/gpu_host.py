@@ -22,54 +22,46 @@ from gpufleet.deploys.cuda import (
     cuda_toolkit,
     environment_files,
 )
-from gpufleet.deploys.cudnn import cudnn, cudnn_packages
-from gpufleet.deploys.docker import (
+from gpufleet.deploys.cudnn import cudnn
+from gpufleet.deploys.docker import docker
+from gpufleet.deploys.driver_upgrade import install_driver, prepare_driver_change
+from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME, nvidia_container_toolkit
+from gpufleet.deploys.nvidia_driver import (
+    NOUVEAU_BLACKLIST_PATH,
+    PERSISTENCED_BOOT_LINK,
+    PERSISTENCED_DROPIN_PATH,
+    PERSISTENCED_SERVICE,
+)
+from gpufleet.deploys.verify import verify_host
+from gpufleet.facts import snapshot
+from gpufleet.facts.docker import parse_daemon_json
+from gpufleet.facts.gpu_host import GpuHostStateInfo
+from gpufleet.operations.docker_daemon import DOCKER_SERVICE
+from gpufleet.operations.packages import auth_file, repository_files
+from gpufleet.preflight import logger, refuse_host, repository_keyrings, settings_or_refusal
+from gpufleet.settings import DATA_DEFAULTS, GpuSettings
+from gpufleet.stack import catalog, compat, urls
+from gpufleet.stack.daemon_json import (
     DAEMON_JSON_PATH,
-    DOCKER_SERVICE,
     daemon_config_problem,
-    docker,
     merge_daemon_config,
     render_daemon_config,
     restart_reason,
     restart_refusal,
 )
-from gpufleet.deploys.driver_upgrade import prepare_driver_change
-from gpufleet.deploys.nvidia_container import (
-    CONTAINER_REPO_NAME,
-    container_toolkit_packages,
-    nvidia_container_toolkit,
-)
-from gpufleet.deploys.nvidia_driver import (
-    DRIVER_PACKAGE_PATTERNS,
-    KERNEL_HEADERS_PATTERN,
-    NOUVEAU_BLACKLIST_PATH,
-    PERSISTENCED_BOOT_LINK,
-    PERSISTENCED_DROPIN_PATH,
-    PERSISTENCED_SERVICE,
-    driver_packages,
-    nvidia_driver,
-)
-from gpufleet.deploys.verify import HOST_TEST_PACKAGES, verify
-from gpufleet.facts import snapshot
-from gpufleet.facts.docker import parse_daemon_json
-from gpufleet.facts.gpu_host import GpuHostStateInfo
-from gpufleet.operations.packages import auth_file, repository_files
-from gpufleet.preflight import logger, refuse_host, repository_keyrings
-from gpufleet.settings import DATA_DEFAULTS, GpuSettings, SettingsError, read_settings
-from gpufleet.stack import compat, urls
 
 
 def managed_packages(settings: GpuSettings) -> list[str]:
     """Every package gpufleet installs, and every driver branch's, for the one host read."""
     packages = {
-        **dict.fromkeys(DRIVER_PACKAGE_PATTERNS),
-        **driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
-        KERNEL_HEADERS_PATTERN: None,
-        compat.cuda_package_name(settings.cuda_version): None,
-        **cudnn_packages(settings.cudnn_version, settings.cuda_version),
-        **container_toolkit_packages(settings.nvidia_container_toolkit_version),
+        **dict.fromkeys(catalog.DRIVER_PACKAGE_PATTERNS),
+        **catalog.driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
+        catalog.KERNEL_HEADERS_PATTERN: None,
+        **catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version),
+        **catalog.cudnn_packages(settings.cudnn_version, settings.cuda_version),
+        **catalog.container_toolkit_packages(settings.nvidia_container_toolkit_version),
         settings.docker_package: None,
-        **(dict.fromkeys(HOST_TEST_PACKAGES) if settings.tensorflow_host_test else {}),
+        **(dict.fromkeys(catalog.HOST_TEST_PACKAGES) if settings.tensorflow_host_test else {}),
     }
     return sorted(packages)
 
@@ -146,13 +138,9 @@ def docker_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list
 
 @deploy("gpufleet GPU host", data_defaults=DATA_DEFAULTS)
 def gpu_host() -> None:
-    try:
-        settings = read_settings(host.data)
-    except SettingsError as error:
-        refuse_host([str(error)])
+    settings = settings_or_refusal(host.data)
+    if settings is None:
         return
-    for warning in settings.warnings:
-        host.log_styled(warning, fg="yellow", log_func=logger.warning)
     host_state = snapshot.take(**managed_state(settings))
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
     problems = compat.check_stack(settings.stack_request, platform)
@@ -170,10 +158,23 @@ def gpu_host() -> None:
         return
 
     cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
-    nvidia_driver(settings=settings, host_state=host_state)
-    cuda_toolkit(settings=settings)
-    cudnn(settings=settings)
-    nvidia_container_toolkit(settings=settings, keyring=keyrings[CONTAINER_REPO_NAME])
+    install_driver(settings, host_state)
+    cuda_toolkit(
+        cuda_version=settings.cuda_version,
+        package_version=settings.cuda_package_version,
+        lock_timeout=settings.gpu_apt_lock_timeout,
+    )
+    cudnn(
+        version=settings.cudnn_version,
+        cuda_version=settings.cuda_version,
+        lock_timeout=settings.gpu_apt_lock_timeout,
+    )
+    nvidia_container_toolkit(
+        version=settings.nvidia_container_toolkit_version,
+        repo_url=settings.nvidia_container_repo_url,
+        keyring=keyrings[CONTAINER_REPO_NAME],
+        lock_timeout=settings.gpu_apt_lock_timeout,
+    )
     docker(
         docker_package=settings.docker_package,
         default_runtime=settings.docker_default_runtime,
@@ -181,4 +182,4 @@ def gpu_host() -> None:
         lock_timeout=settings.gpu_apt_lock_timeout,
     )
     if settings.gpu_verify:
-        verify(settings=settings)
+        verify_host(settings, smoke_test=settings.gpu_smoke_test)

@@ -13,7 +13,6 @@ import re
 import shlex
 import time
 
-from pyinfra import host
 from pyinfra.api import FunctionCommand, StringCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.operations import server
@@ -21,41 +20,14 @@ from pyinfra.operations.systemd import daemon_reload
 from pyinfra.operations.util import any_changed
 
 from gpufleet.facts.apt import DebPackageState
-from gpufleet.facts.gpu_host import GpuHostState, GpuHostStateInfo
+from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
 from gpufleet.operations import managed_files as files
 from gpufleet.operations import packages as apt
 from gpufleet.operations import units as systemd
-from gpufleet.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from gpufleet.stack import catalog
+from gpufleet.stack.versions import upstream_version
 
-# The driver family of one branch, as NVIDIA's Ubuntu driver packages name it.
-DRIVER_PACKAGE_FAMILY = (
-    "cuda-drivers-{branch}",
-    "nvidia-driver-{branch}",
-    "nvidia-dkms-{branch}",
-    "nvidia-kernel-common-{branch}",
-    "nvidia-kernel-source-{branch}",
-    "nvidia-utils-{branch}",
-    "nvidia-compute-utils-{branch}",
-    "libnvidia-compute-{branch}",
-    "libnvidia-gl-{branch}",
-    "libnvidia-common-{branch}",
-    "libnvidia-extra-{branch}",
-    "libnvidia-decode-{branch}",
-    "libnvidia-encode-{branch}",
-    "libnvidia-cfg1-{branch}",
-    "libnvidia-ifr1-{branch}",
-    "libnvidia-fbc1-{branch}",
-    "xserver-xorg-video-nvidia-{branch}",
-)
-
-# NvIFR (libnvidia-ifr1-<branch>) was dropped from the driver in R495.
-LAST_BRANCH_WITH_IFR = 470
-# Every installed driver branch, whatever the pin: a glob per family member for dpkg-query.
-DRIVER_PACKAGE_PATTERNS = tuple(name.format(branch="[0-9]*") for name in DRIVER_PACKAGE_FAMILY)
-_FAMILY_MEMBER = re.compile(
-    "|".join(re.escape(name).replace(r"\{branch\}", r"(\d+)") for name in DRIVER_PACKAGE_FAMILY)
-)
 # nvidia-smi's words when the loaded kernel module is not the installed libraries' version.
 VERSION_MISMATCH = "Driver/library version mismatch"
 # Dependent modules first: the order `modprobe -r` needs.
@@ -81,24 +53,8 @@ PERSISTENCE_MODE = "--persistence-mode"
 PERSISTENCED_SERVICE = "nvidia-persistenced.service"
 PERSISTENCED_BOOT_LINK = f"/etc/systemd/system/multi-user.target.wants/{PERSISTENCED_SERVICE}"
 PERSISTENCED_UNIT = f"/lib/systemd/system/{PERSISTENCED_SERVICE}"
-# Every versioned kernel's headers package: the running kernel's is among them.
-KERNEL_HEADERS_PATTERN = "linux-headers-[0-9]*"
 
 logger = logging.getLogger("pyinfra")
-
-
-def driver_packages(branch: str, version: str) -> dict[str, str | None]:
-    """Every package of the branch's family, pinned to one upstream version (any revision)."""
-    return {
-        name.format(branch=branch): f"{version}-*"
-        for name in DRIVER_PACKAGE_FAMILY
-        if name != "libnvidia-ifr1-{branch}" or int(branch) <= LAST_BRANCH_WITH_IFR
-    }
-
-
-def upstream_version(debian_version: str) -> str:
-    """``470.182.03-1`` -> ``470.182.03`` (epoch and Debian revision dropped)."""
-    return debian_version.split(":")[-1].rsplit("-", 1)[0]
 
 
 def installed_driver_version(packages: dict[str, DebPackageState]) -> str | None:
@@ -115,8 +71,7 @@ def replaced_driver_packages(packages: dict[str, DebPackageState], branch: str) 
         name
         for name, state in packages.items()
         if (state["installed"] or state["held"])
-        and (member := _FAMILY_MEMBER.fullmatch(name))
-        and next(b for b in member.groups() if b) != branch
+        and catalog.driver_family_branch(name) not in (None, branch)
     )
 
 
@@ -198,6 +153,13 @@ def reboot(reboot_timeout: int = 600, interval: float = 2.0):
             time.sleep(interval)
             host.connect(show_errors=False)
             if host.connected and boot_id(host) not in (None, boot_ids[0]):
+                # sshd answers before the boot has finished: wait for the units the next
+                # operations check (nvidia-persistenced, docker) to have started; under load
+                # that is seconds later. "degraded" counts as finished (exit status 1).
+                remaining = max(1, int(deadline - time.monotonic()))
+                host.run_shell_command(
+                    StringCommand("systemctl", "is-system-running", "--wait"), _timeout=remaining
+                )
                 return True
         raise OperationError(f"the host did not come back within {reboot_timeout}s")
 
@@ -224,12 +186,12 @@ def reboot_required(reason: str):
 
 
 @deploy("Load the pinned NVIDIA kernel module")
-def activate_driver(settings: GpuSettings, host_state: GpuHostStateInfo) -> None:
+def activate_driver(version: str, reboot_allowed: bool, host_state: GpuHostStateInfo) -> None:
     """Reload the NVIDIA modules when nothing holds them, or reboot, or stop the host."""
     kernel = host_state["nvidia_kernel"]
     # The loaded module only changes at a reload or a reboot, so this need does not depend on
     # whether this run changed anything: an earlier run may have installed and stopped.
-    reason = module_change_reason(kernel, host_state["nvidia_smi"], settings.nvidia_driver_version)
+    reason = module_change_reason(kernel, host_state["nvidia_smi"], version)
     if reason is None:
         return
     if can_reload_modules(kernel):
@@ -237,23 +199,34 @@ def activate_driver(settings: GpuSettings, host_state: GpuHostStateInfo) -> None
             name=f"Reload the NVIDIA kernel modules: {reason}",
             commands=[reload_modules_command(list(kernel["nvidia_modules"]))],
         )
-    elif settings.gpu_reboot_allowed:
+    elif reboot_allowed:
         reboot(name=f"Reboot: {reason}")
     else:
         reboot_required(name="Reboot required", reason=reason)
 
 
-@deploy("NVIDIA driver", data_defaults=DATA_DEFAULTS)
+@deploy("NVIDIA driver")
 def nvidia_driver(
-    settings: GpuSettings | None = None, host_state: GpuHostStateInfo | None = None
+    branch: str,
+    version: str,
+    host_state: GpuHostStateInfo,
+    reboot_allowed: bool,
+    lock_timeout: int,
 ) -> None:
-    settings = settings or read_settings(host.data)
-    host_state = host_state or host.get_fact(GpuHostState, packages=[])
-
+    """
+    + branch: the driver branch, e.g. "470"
+    + version: its exact upstream version, e.g. "470.182.03"
+    + host_state: the host read with every branch's driver packages
+      (catalog.DRIVER_PACKAGE_PATTERNS): another branch's are removed first
+    + reboot_allowed: reboot when the new kernel module cannot be loaded otherwise
+    + lock_timeout: seconds to wait for another process's dpkg lock
+    """
+    # None only when `uname -r` fails, which a host that got this far does not.
+    kernel_release = str(host_state["kernel_release"])
     apt.pinned_packages(
-        name=f"Kernel headers for the running kernel ({host_state['kernel_release']})",
-        packages={f"linux-headers-{host_state['kernel_release']}": None},
-        lock_timeout=settings.gpu_apt_lock_timeout,
+        name=f"Kernel headers for the running kernel ({kernel_release})",
+        packages={catalog.kernel_headers_package(kernel_release): None},
+        lock_timeout=lock_timeout,
         hold=False,
     )
     blacklist = files.contents(
@@ -265,27 +238,26 @@ def nvidia_driver(
         commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
         _if=blacklist.did_change,
     )
-    replaced = replaced_driver_packages(host_state["packages"], settings.nvidia_driver_branch)
+    replaced = replaced_driver_packages(host_state["packages"], branch)
     if replaced:
         # Two branches' packages ship the same files: the old family goes first. Interrupted
         # here, the host has no driver and no hold, and the next run installs the new branch.
         server.shell(
-            name=f"Remove the driver packages replaced by branch {settings.nvidia_driver_branch}",
+            name=f"Remove the driver packages replaced by branch {branch}",
             commands=[
                 apt.transaction(
                     [
-                        f"{apt.apt_get(settings.gpu_apt_lock_timeout)} purge "
-                        "--allow-change-held-packages "
+                        f"{apt.apt_get(lock_timeout)} purge --allow-change-held-packages "
                         + " ".join(shlex.quote(name) for name in replaced),
                     ],
-                    settings.gpu_apt_lock_timeout,
+                    lock_timeout,
                 )
             ],
         )
     apt.pinned_packages(
-        name=f"NVIDIA driver {settings.nvidia_driver_version} (pinned, held)",
-        packages=driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
-        lock_timeout=settings.gpu_apt_lock_timeout,
+        name=f"NVIDIA driver {version} (pinned, held)",
+        packages=catalog.driver_packages(branch, version),
+        lock_timeout=lock_timeout,
     )
     persistenced = files.contents(
         name="nvidia-persistenced in persistence mode",
@@ -303,4 +275,4 @@ def nvidia_driver(
         unit=PERSISTENCED_SERVICE,
         argument=PERSISTENCE_MODE,
     )
-    activate_driver(settings=settings, host_state=host_state)
+    activate_driver(version=version, reboot_allowed=reboot_allowed, host_state=host_state)

@@ -41,12 +41,12 @@ from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import Python3Version
 from gpufleet.facts.verify import VerificationEvidence, VerificationEvidenceInfo
 from gpufleet.operations import packages as apt
-from gpufleet.preflight import refuse_host
-from gpufleet.settings import DATA_DEFAULTS, GpuSettings, read_settings
+from gpufleet.preflight import refuse_host, settings_or_refusal
+from gpufleet.settings import DATA_DEFAULTS, GpuSettings
+from gpufleet.stack.catalog import HOST_TEST_PACKAGES
 
 HOST_TENSORFLOW_VENV = f"/opt/gpufleet/tensorflow-{HOST_TENSORFLOW_VERSION}"
 HOST_TENSORFLOW_PYTHON = f"{HOST_TENSORFLOW_VENV}/bin/python"
-HOST_TEST_PACKAGES = ("python3-venv",)
 # The lowest and highest Python TensorFlow 2.9 publishes wheels for.
 HOST_TENSORFLOW_PYTHONS = ((3, 7), (3, 10))
 
@@ -55,8 +55,7 @@ def expectations_for(settings: GpuSettings) -> Expectations:
     return Expectations(
         driver_version=settings.nvidia_driver_version,
         cuda_version=settings.cuda_version,
-        # cudnn_version.h holds three parts: 8.1.1.33 is reported as 8.1.1.
-        cudnn_version=".".join(settings.cudnn_version.split(".")[:3]),
+        cudnn_version=settings.cudnn_version,
         expected_gpu_count=settings.gpu_expected_count,
         default_runtime=settings.docker_default_runtime,
         tensorflow_image=settings.tensorflow_image,
@@ -192,23 +191,32 @@ def verified(
 
 
 @deploy("Verify GPU host", data_defaults=DATA_DEFAULTS)
-def verify(
-    settings: GpuSettings | None = None,
-    smoke_test: bool | None = None,
+def verify() -> None:
+    """The fleet's verification, from the host's data."""
+    settings = settings_or_refusal(host.data)
+    if settings is None:
+        return
+    verify_host(settings, smoke_test=settings.gpu_smoke_test)
+
+
+def verify_host(
+    settings: GpuSettings,
+    smoke_test: bool,
     fail_broken: bool = True,
     install_host_test: bool = True,
 ) -> None:
     """
-    + settings: the fleet's settings (default: read from the host's data)
-    + smoke_test: run the TensorFlow smoke test (default: ``gpu_smoke_test``)
+    Verify the host against ``settings``, inside an entry deploy (verify, gpu_host, audit,
+    driver_upgrade).
+
+    + settings: the fleet's settings
+    + smoke_test: run the TensorFlow smoke test (the framework layer)
     + fail_broken: fail a broken host (False: report it only)
     + install_host_test: with ``tensorflow_host_test``, install its virtualenv when missing
       (False: run it only where it exists, changing nothing)
     """
-    settings = settings or read_settings(host.data)
-    run_smoke_test = settings.gpu_smoke_test if smoke_test is None else smoke_test
     host_python = None
-    if run_smoke_test and settings.tensorflow_host_test:
+    if smoke_test and settings.tensorflow_host_test:
         problem = host_python_problem(snapshot.current(Python3Version))
         if problem:
             refuse_host([problem])
@@ -216,12 +224,12 @@ def verify(
         if install_host_test:
             host_tensorflow(settings.gpu_apt_lock_timeout)
         host_python = HOST_TENSORFLOW_PYTHON
-    layers = "hardware to framework" if run_smoke_test else "hardware to container runtime"
+    layers = "hardware to framework" if smoke_test else "hardware to container runtime"
     verified(
         name=f"Verify the GPU stack, {layers}",
         expectations=expectations_for(settings),
         results_dir=settings.gpu_results_dir,
-        smoke_test=run_smoke_test,
+        smoke_test=smoke_test,
         host_python=host_python,
         fail_broken=fail_broken,
     )

@@ -10,15 +10,14 @@ from typing import Any, TypedDict
 
 from pyinfra.api import FactBase
 
+from gpufleet.stack.daemon_json import KeyPath
+
 # First output line when the file exists, so an empty file differs from an absent one.
 DAEMON_JSON_EXISTS_MARKER = "@@gpufleet:daemon-json-exists"
 DAEMON_JSON_DIRECTORY_MARKER = "@@gpufleet:daemon-json-is-a-directory"
 # Then the record of the keys gpufleet set, after this marker (when the record exists).
 MANAGED_KEYS_MARKER = "@@gpufleet:daemon-json-managed-keys"
 MANAGED_KEYS_PATH = "/var/lib/gpufleet/daemon-json-keys.json"
-
-# A key path into daemon.json, e.g. ("log-opts", "max-size").
-KeyPath = tuple[str, ...]
 
 
 class DockerDaemonConfigInfo(TypedDict):

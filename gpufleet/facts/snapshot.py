@@ -6,7 +6,8 @@ cost a round trip per check; with it a no-op run costs one.
 
 Operations read their facts with ``current(Fact, **arguments)``. Once an operation of this run
 has run commands on the host (installed a package, written a file), the snapshot may be stale
-and ``current`` reads live, as pyinfra does.
+and ``current`` reads live, as pyinfra does (facts/pyinfra_internals.py tells which operations
+ran commands: pyinfra has no public way to ask).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from pyinfra.api import FactBase, Host, State
+from pyinfra.api import FactBase, Host
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from gpufleet.facts.apt import AptSourceFiles, DebPackageStates
 from gpufleet.facts.files import FileDigests, SymlinkTargets
 from gpufleet.facts.gpu_host import SECTION_FACTS, GpuHostState, GpuHostStateInfo, section_arguments
+from gpufleet.facts.pyinfra_internals import changed_before_current_operation
 from gpufleet.facts.systemd_units import UnitMainCommands
 
 T = TypeVar("T")
@@ -114,24 +116,6 @@ def take(**arguments: Any) -> GpuHostStateInfo:
     return host_state
 
 
-def changed_this_run(current_state: State, current_host: Host) -> bool:
-    """
-    Whether an operation before the current one ran commands on the host. A failed operation
-    counts: it may have changed the host before its failing command.
-    """
-    host_operations = current_state.ops[current_host]
-    for op_hash in current_state.get_op_order():
-        if op_hash == current_host.current_op_hash:
-            break
-        operation = host_operations.get(op_hash)
-        if operation is None:
-            continue
-        meta = operation.operation_meta
-        if meta.is_complete() and meta.executed:
-            return True
-    return False
-
-
 def current(fact: type[FactBase[T]], **arguments: Any) -> T:
     """
     The fact's value on the current host: from the snapshot while this run has changed nothing
@@ -139,7 +123,7 @@ def current(fact: type[FactBase[T]], **arguments: Any) -> T:
     """
     complete = complete_arguments(fact, arguments)
     current_host: Host = ctx_host.get()
-    if not changed_this_run(ctx_state.get(), current_host):
+    if not changed_before_current_operation(ctx_state.get(), current_host):
         for reading in _snapshots.get(current_host, []):
             if reading.answers(fact, complete):
                 return reading.answer(complete)

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
+from gpufleet.stack.catalog import cuda_package_name
+from gpufleet.stack.versions import CudnnPin, major_minor
+
 # Toolkit release -> the driver it needs in the usual pairing (Linux, from the CUDA release notes).
 CUDA_RELEASE_MIN_DRIVER: dict[str, str] = {
     "11.0.2": "450.51.05",
@@ -125,7 +128,7 @@ NVIDIA_CONTAINER_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable
 NVIDIA_CONTAINER_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_CONTAINER_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 
-# The shapes of the versions that become package names and pins (deploys/settings.py checks
+# The shapes of the versions that become package names and pins (gpufleet/settings.py checks
 # inventory data against them too, before anything builds a package name).
 DRIVER_BRANCH = re.compile(r"\d{3}")
 DRIVER_VERSION = re.compile(r"\d{3}\.\d{2,3}(\.\d{2})?")
@@ -172,22 +175,8 @@ def _version(value: str) -> Version | None:
         return None
 
 
-def _major_minor(value: str) -> str:
-    return ".".join(value.split(".")[:2])
-
-
 def cuda_releases(cuda_version: str) -> list[str]:
-    return [release for release in CUDA_RELEASE_MIN_DRIVER if _major_minor(release) == cuda_version]
-
-
-def cuda_package_name(cuda_version: str) -> str:
-    """cuda-toolkit-X-Y: the toolkit alone; cuda-X-Y would drag in an unpinned driver."""
-    return "cuda-toolkit-" + cuda_version.replace(".", "-")
-
-
-def cudnn_package_version_glob(cudnn_version: str, cuda_version: str) -> str:
-    """apt version pattern for the cuDNN build made for this CUDA, e.g. 8.1.1.33-*+cuda11.2."""
-    return f"{cudnn_version}-*+cuda{cuda_version}"
+    return [release for release in CUDA_RELEASE_MIN_DRIVER if major_minor(release) == cuda_version]
 
 
 def tensorflow_version_of_image(image: str) -> str | None:
@@ -248,7 +237,7 @@ def _check_driver(request: StackRequest) -> list[str]:
 def _check_cuda(request: StackRequest) -> list[str]:
     releases = cuda_releases(request.cuda_version)
     if not releases:
-        known = sorted({_major_minor(r) for r in CUDA_RELEASE_MIN_DRIVER}, key=Version)
+        known = sorted({major_minor(r) for r in CUDA_RELEASE_MIN_DRIVER}, key=Version)
         return [
             f"cuda_version = {request.cuda_version!r} is not a CUDA release gpufleet knows; "
             f"known: {', '.join(known)} (TensorFlow 2.9 needs '11.2')"
@@ -282,7 +271,7 @@ def _check_cudnn(request: StackRequest) -> list[str]:
             f"cudnn_version = {request.cudnn_version!r} is not a full cuDNN package version; "
             "use e.g. '8.1.1.33'"
         ]
-    cudnn_series = _major_minor(request.cudnn_version)
+    cudnn_series = CudnnPin(request.cudnn_version).series
     builds = CUDNN_CUDA_BUILDS.get(cudnn_series)
     if builds is None:
         return [f"cudnn_version = {request.cudnn_version!r} is not a cuDNN release gpufleet knows"]
@@ -314,7 +303,7 @@ def _check_tensorflow(request: StackRequest) -> list[str]:
             f"cuda_version = {request.cuda_version!r} does not fit tensorflow_image = "
             f"{request.tensorflow_image!r}: TensorFlow {tf_version} needs CUDA {stack.cuda}"
         )
-    if _major_minor(request.cudnn_version) != stack.cudnn:
+    if CudnnPin(request.cudnn_version).series != stack.cudnn:
         problems.append(
             f"cudnn_version = {request.cudnn_version!r} does not fit tensorflow_image = "
             f"{request.tensorflow_image!r}: TensorFlow {tf_version} needs cuDNN {stack.cudnn}"
@@ -324,7 +313,7 @@ def _check_tensorflow(request: StackRequest) -> list[str]:
 
 def python_fits_tensorflow(python_version: str, tf_version: str) -> bool:
     stack = TENSORFLOW_STACKS[tf_version]
-    python = Version(_major_minor(python_version))
+    python = Version(major_minor(python_version))
     return Version(stack.python_min) <= python <= Version(stack.python_max)
 
 
@@ -339,8 +328,8 @@ def _check_repo(request: StackRequest, platform: HostPlatform) -> list[str]:
     return [
         f"nvidia_cuda_repo_url is not set and NVIDIA's {release} repository does not carry CUDA "
         f"{request.cuda_version} (it is published for {', '.join(where) or 'no supported OS'}); "
-        f"set nvidia_cuda_repo_url to a mirror that carries cuda-toolkit-"
-        f"{request.cuda_version.replace('.', '-')}, or use an OS from that list"
+        f"set nvidia_cuda_repo_url to a mirror that carries "
+        f"{cuda_package_name(request.cuda_version)}, or use an OS from that list"
     ]
 
 

@@ -92,8 +92,10 @@ def hold_dpkg_lock(fleet_ssh: list[str], seconds: int) -> subprocess.Popen[bytes
 def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_stride(
     fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
 ) -> None:
-    fleet = fleet_factory(count=6)
-    (healthy, injected, metacharacters, misspelt, two_keys, lock_timeout) = fleet.hosts
+    fleet = fleet_factory(count=7)
+    (healthy, injected, metacharacters, misspelt, two_keys, lock_timeout, bad_daemon_json) = (
+        fleet.hosts
+    )
     url_with_login = repo_tree.cuda_repo_url.replace("http://", f"http://gpu:{SECRET}@")
     host_data: dict[str, dict[str, object]] = {
         healthy.name: {"nvidia_cuda_repo_url": url_with_login},
@@ -106,7 +108,9 @@ def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_str
         lock_timeout.name: {"gpu_apt_lock_timeout": 5},
     }
     path = inventory(fleet, tmp_path, repo_tree, host_data=host_data)
-    refused = [injected, metacharacters, misspelt, two_keys]
+    ssh_ok(fleet, bad_daemon_json, "mkdir -p /etc/docker && echo '{\"log-driver\": }' "
+                                   "> /etc/docker/daemon.json")  # fmt: skip
+    refused = [injected, metacharacters, misspelt, two_keys, bad_daemon_json]
     before = {host.name: ssh_ok(fleet, host, SNAPSHOT) for host in refused}
 
     # cuda-keyring's entry for the repository gpufleet manages: with both, apt refuses to run.
@@ -144,6 +148,7 @@ def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_str
     assert "nvidia_driver_branch = '470;touch /tmp/injected' is not a driver branch" in output
     assert "cuda_verison is not a gpufleet data key; did you mean cuda_version?" in output
     assert "nvidia_cuda_repo_key_url = " in output and repo_tree.key_fingerprint in output
+    assert "/etc/docker/daemon.json cannot be read as dockerd reads it (line 1" in output
     for host in refused:
         assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name], host.name
     assert fleet.ssh(metacharacters, "test -e /tmp/injected").returncode == 1
@@ -211,3 +216,17 @@ def test_a_repository_that_never_answers_fails_the_host_in_bounded_time(
     assert elapsed < 600, elapsed
     # The lock is free again: a later run is not stuck behind this one.
     ssh_ok(fleet, host, "flock -w 5 /run/lock/gpufleet-apt.lock true")
+
+
+def test_bad_group_data_refuses_every_host_once_without_a_traceback(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=3)
+    before = {host.name: ssh_ok(fleet, host, SNAPSHOT) for host in fleet.hosts}
+    run = run_deploy(fleet, inventory(fleet, tmp_path, repo_tree, {"cuda_verison": "11.8"}))
+    assert run.returncode != 0
+    assert run.output.count("cuda_verison is not a gpufleet data key") == 1, run.output[-4000:]
+    assert run.output.count("refused for the same reasons as") == 2
+    assert "Traceback" not in run.output
+    for host in fleet.hosts:
+        assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name]

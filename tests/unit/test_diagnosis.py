@@ -13,16 +13,15 @@ from typing import Any, cast
 import pytest
 
 from gpufleet.diagnosis import (
-    KNOWN_FAILURES,
     Expectations,
     HostEvidence,
     HostVerdict,
     diagnose,
-    explain,
-    nvidia_gpus_on_pci_bus,
     parse_smoke_test_output,
-    resolved_libraries,
 )
+from gpufleet.diagnosis.catalog import KNOWN_FAILURES, explain
+from gpufleet.diagnosis.cuda import resolved_libraries
+from gpufleet.diagnosis.hardware import nvidia_gpus_on_pci_bus
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
 

@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 import pytest
+from pyinfra.api import deploy
 
 from gpufleet import rollout
 from gpufleet.deploys.driver_upgrade import plan_driver_change, refusal
 from gpufleet.deploys.nvidia_driver import (
-    driver_packages,
+    activate_driver,
     module_change_reason,
     reload_modules_command,
     replaced_driver_packages,
@@ -18,7 +19,9 @@ from gpufleet.deploys.nvidia_driver import (
 from gpufleet.facts.gpu_host import GpuHostState, GpuHostStateInfo
 from gpufleet.facts.gpu_users import container_uses_gpus, parse_gpu_users
 from gpufleet.facts.nvidia import nvidia_smi_error
-from gpufleet.settings import DATA_DEFAULTS, read_settings
+from gpufleet.settings import read_settings
+from gpufleet.stack.catalog import driver_packages
+from tests.fakehost import bare_ubuntu_2004, prepare
 
 JOB_ID = "a" * 64
 WEB_ID = "b" * 64
@@ -26,7 +29,7 @@ DEVICE_REQUEST = '[{"Driver":"","Count":-1,"DeviceIDs":null,"Capabilities":[["gp
 
 
 def settings(**data: Any):
-    return read_settings({**DATA_DEFAULTS, **data})
+    return read_settings(data)
 
 
 def host_on(version: str, loaded: str | None = None) -> GpuHostStateInfo:
@@ -164,3 +167,31 @@ def test_rollout_stops_after_the_first_failed_batch(monkeypatch: pytest.MonkeyPa
         "failed (1): h3",
         "not reached (1): h4",
     ]
+
+
+@pytest.mark.parametrize(
+    ("reboot_allowed", "operation"),
+    [
+        (False, "Reboot required"),
+        (
+            True,
+            "Reboot: the nouveau module is loaded; the NVIDIA driver can only load after a reboot",
+        ),
+    ],
+    ids=["not-allowed-stops", "allowed-reboots"],
+)
+def test_nouveau_host_reboots_only_when_allowed(reboot_allowed: bool, operation: str) -> None:
+    host_state = host_on("470.182.03")
+    host_state["nvidia_kernel"]["nouveau_loaded"] = True
+
+    @deploy("Activate")
+    def activate() -> None:
+        activate_driver(version="470.182.03", reboot_allowed=reboot_allowed, host_state=host_state)
+
+    # Planned only: a run would reboot (or stop) the @fake host.
+    state = prepare({"gpu-01": (bare_ubuntu_2004(), {})}, activate)
+    planned = [
+        " | ".join(sorted(state.get_op_meta(op_hash).names)).split(" | ")[-1]
+        for op_hash in state.get_op_order()
+    ]
+    assert planned == [operation]

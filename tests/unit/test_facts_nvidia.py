@@ -38,6 +38,14 @@ def test_gt1030_single_gpu() -> None:
     }
 
 
+def test_memory_nvidia_smi_shows_as_na_is_unknown_not_zero() -> None:
+    # nvidia-smi prints N/A for a process's memory it may not read (WDDM, other namespaces).
+    xml = fixture_text("nvidia-smi-q-x-gt1030-470.74.xml").replace(
+        "<used_memory>547 MiB</used_memory>", "<used_memory>N/A</used_memory>"
+    )
+    assert parse_nvidia_smi_xml(xml)["processes"][0]["used_memory_mib"] is None
+
+
 def test_tesla_t4_processes() -> None:
     info = parse_nvidia_smi_xml(fixture_text("nvidia-smi-q-x-tesla-t4-515.105.01.xml"))
     uuid = "GPU-d37e67a5-91dd-3774-a5cb-99096249601a"

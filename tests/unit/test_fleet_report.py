@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, cast
 
@@ -148,6 +149,100 @@ def test_html_escapes_values_and_highlights_drift(results_dir: Path) -> None:
     assert re.search(r'<tr class="broken drift"><td>gpu-03</td>', page)
     assert "<li>gpu-03: BROKEN at driver: driver 460.32.03 instead of 470.182.03" in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: no external assets
+
+
+class PageTables(HTMLParser):
+    """The elements a page opens, and each table row as (its class, [(cell class, cell text)])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[str] = []
+        self.rows: list[tuple[str | None, list[tuple[str | None, str]]]] = []
+        self.cell: tuple[str | None, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append(tag)
+        if tag == "tr":
+            self.rows.append((dict(attrs).get("class"), []))
+        elif tag in ("th", "td"):
+            self.cell = (dict(attrs).get("class"), [])
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell[1].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td") and self.cell is not None:
+            self.rows[-1][1].append((self.cell[0], "".join(self.cell[1])))
+            self.cell = None
+
+
+def test_html_shows_host_markup_as_text_in_the_tables_cells(tmp_path: Path) -> None:
+    healthy = host_result("gpu-01", "Ubuntu 22.04.4 LTS")
+    healthy_smi = healthy["facts"]["nvidia_smi"]
+    hostile_gpus = [{**gpu, "name": "<script>alert(1)</script>"} for gpu in healthy_smi["gpus"]]
+    hostile = host_result(
+        "<script>alert(1)</script>",
+        "Debian GNU/Linux 12 (bookworm)",
+        nvidia_smi={**healthy_smi, "driver_version": "470.161.03", "gpus": hostile_gpus},
+    )
+    for name, result in (("gpu-01", healthy), ("hostile", hostile)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(result))
+
+    page = render_html(load_rows(tmp_path, PINS), PINS)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page.lower()
+    tables = PageTables()
+    tables.feed(page)
+    tables.close()
+    assert "script" not in tables.elements
+    assert tables.rows == [
+        (
+            None,
+            [
+                (None, "Host"),
+                (None, "OS"),
+                (None, "Driver"),
+                (None, "CUDA"),
+                (None, "cuDNN"),
+                (None, "Container runtime"),
+                (None, "GPUs"),
+                (None, "TensorFlow"),
+                (None, "matmul ms per GPU"),
+                (None, "Broken layer"),
+            ],
+        ),
+        (
+            "ok",
+            [
+                (None, "gpu-01"),
+                (None, "Ubuntu 22.04.4 LTS"),
+                (None, "470.182.03"),
+                (None, "11.2"),
+                (None, "8.1.1"),
+                (None, "default runc, nvidia registered"),
+                (None, "2x Tesla V100-SXM2-16GB"),
+                (None, "2.9.0 pass"),
+                (None, "0: 0.41, 1: 0.41"),
+                (None, "-"),
+            ],
+        ),
+        (
+            "broken drift",
+            [
+                (None, "<script>alert(1)</script>"),
+                (None, "Debian GNU/Linux 12 (bookworm)"),
+                ("drift", "470.161.03"),
+                (None, "11.2"),
+                (None, "8.1.1"),
+                (None, "default runc, nvidia registered"),
+                (None, "2x <script>alert(1)</script>"),
+                (None, "2.9.0 pass"),
+                (None, "0: 0.41, 1: 0.41"),
+                (None, "driver"),
+            ],
+        ),
+    ]
 
 
 def report(*arguments: str) -> Result:

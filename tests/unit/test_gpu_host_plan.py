@@ -28,6 +28,7 @@ from tests.fakehost import (
     prepare,
     sent_commands,
 )
+from tests.testinfra.correct_host import CONTAINER_TOOLKIT, DRIVER_FAMILY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APT_GET = (
@@ -42,7 +43,7 @@ def plan_one(host: FakeHost, **data: object) -> list[PlannedOperation]:
 
 
 def changes(operations: list[PlannedOperation]) -> dict[str, list[str]]:
-    return {op.name.split(" | ")[-1]: op.commands for op in operations if not op.conditional}
+    return {op.name.split(" | ")[-1]: op.commands for op in operations}
 
 
 def install_command(*specs: str, hold: list[str]) -> str:
@@ -54,40 +55,22 @@ def install_command(*specs: str, hold: list[str]) -> str:
     return transaction([*steps, f"apt-mark hold {' '.join(hold)}"] if hold else steps, 600)
 
 
-DRIVER_FAMILY = [
-    "cuda-drivers-470",
-    "nvidia-driver-470",
-    "nvidia-dkms-470",
-    "nvidia-kernel-common-470",
-    "nvidia-kernel-source-470",
-    "nvidia-utils-470",
-    "nvidia-compute-utils-470",
-    "libnvidia-compute-470",
-    "libnvidia-gl-470",
-    "libnvidia-common-470",
-    "libnvidia-extra-470",
-    "libnvidia-decode-470",
-    "libnvidia-encode-470",
-    "libnvidia-cfg1-470",
-    "libnvidia-ifr1-470",
-    "libnvidia-fbc1-470",
-    "xserver-xorg-video-nvidia-470",
-]
-
-
 def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
     planned = changes(plan_one(bare_ubuntu_2004()))
     assert list(planned) == [
         "NVIDIA CUDA repository (signed-by its own keyring)",
         "Kernel headers for the running kernel (5.4.0-150-generic)",
         "Blacklist nouveau",
+        "Rebuild the initramfs without nouveau",
         "NVIDIA driver 470.182.03 (pinned, held)",
         "nvidia-persistenced in persistence mode",
         "nvidia-persistenced started at boot",
+        "Reload systemd units",
         "nvidia-persistenced running",
         "CUDA toolkit 11.2.2 (pinned, held)",
         "CUDA on PATH and the loader path",
         "/usr/local/cuda -> CUDA 11.2",
+        "Refresh the loader cache",
         "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)",
         "NVIDIA container toolkit repository (signed-by its own keyring)",
         "nvidia-container-toolkit 1.17.4 (pinned, held)",
@@ -97,7 +80,9 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
         "docker runs with its daemon.json",
     ]
     assert planned["NVIDIA driver 470.182.03 (pinned, held)"] == [
-        install_command(*(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=DRIVER_FAMILY)
+        install_command(
+            *(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=list(DRIVER_FAMILY)
+        )
     ]
     assert planned["CUDA toolkit 11.2.2 (pinned, held)"] == [
         install_command("'cuda-toolkit-11-2=11.2.2-*'", hold=["cuda-toolkit-11-2"])
@@ -109,14 +94,10 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
             hold=["libcudnn8", "libcudnn8-dev"],
         )
     ]
-    toolkit = [
-        "nvidia-container-toolkit",
-        "nvidia-container-toolkit-base",
-        "libnvidia-container-tools",
-        "libnvidia-container1",
-    ]
     assert planned["nvidia-container-toolkit 1.17.4 (pinned, held)"] == [
-        install_command(*(f"'{name}=1.17.4-*'" for name in toolkit), hold=toolkit)
+        install_command(
+            *(f"'{name}=1.17.4-*'" for name in CONTAINER_TOOLKIT), hold=list(CONTAINER_TOOLKIT)
+        )
     ]
     # Docker and the headers come from the OS archive, unpinned and not held.
     assert planned["Docker (docker.io) installed"] == [install_command("docker.io", hold=[])]
@@ -138,12 +119,24 @@ def test_bare_host_repositories_are_signed_by_their_own_keyrings() -> None:
 
 
 def test_converged_host_plans_no_change() -> None:
-    operations = plan_one(converged_ubuntu_2004(FIXTURE_KEY_DATA))
-    assert changes(operations) == {}
-    # Only the handlers remain, and their triggers have nothing to change.
-    assert [op.name.split(" | ")[-1] for op in operations] == [
-        "Rebuild the initramfs without nouveau",
-        "Reload systemd units",
+    # Handlers included: their triggers change nothing, so they do not run.
+    assert plan_one(converged_ubuntu_2004()) == []
+
+
+def test_bare_host_runs_each_handler_after_its_triggers() -> None:
+    planned = changes(plan_one(bare_ubuntu_2004()))
+    assert planned["Rebuild the initramfs without nouveau"] == [
+        "if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"
+    ]
+    assert planned["Reload systemd units"] == ["systemctl daemon-reload"]
+    assert planned["Refresh the loader cache"] == ["ldconfig"]
+
+
+def test_one_handler_runs_for_its_one_changed_trigger() -> None:
+    host = converged_ubuntu_2004()
+    del host.files["/etc/ld.so.conf.d/cuda.conf"]
+    assert list(changes(plan_one(host))) == [
+        "CUDA on PATH and the loader path",
         "Refresh the loader cache",
     ]
 
@@ -151,16 +144,11 @@ def test_converged_host_plans_no_change() -> None:
 def test_converged_host_costs_one_round_trip_planned_and_run() -> None:
     # gpu_verify off: verification reads the host by design, once, after the deploy's checks.
     state = prepare(
-        {
-            "gpu-01": (
-                converged_ubuntu_2004(FIXTURE_KEY_DATA),
-                {**FIXTURE_KEY_DATA, "gpu_verify": False},
-            )
-        },
+        {"gpu-01": (converged_ubuntu_2004(), {**FIXTURE_KEY_DATA, "gpu_verify": False})},
         gpu_host,
     )
-    assert changes(planned_operations(state)["gpu-01"]) == {}
-    run_ops(state)
+    # Planning runs the state too (to evaluate the handlers).
+    assert planned_operations(state)["gpu-01"] == []
     (sent,) = sent_commands(state)["gpu-01"]
     assert SECTION_MARKER in sent
     assert state.results[state.inventory.get_host("@fake/gpu-01")].success_ops > 0
@@ -191,20 +179,20 @@ def test_after_the_first_change_operations_check_the_host_live() -> None:
 
 
 def test_held_older_driver_is_moved_to_the_pin_and_held_again() -> None:
-    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    host = converged_ubuntu_2004()
     for name in DRIVER_FAMILY:
         host.packages[name] = ("470.141.03-1", "hold ok installed")
     planned = changes(plan_one(host))
     assert list(planned) == ["NVIDIA driver 470.182.03 (pinned, held)"]
     (command,) = planned["NVIDIA driver 470.182.03 (pinned, held)"]
     assert command == install_command(
-        *(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=DRIVER_FAMILY
+        *(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=list(DRIVER_FAMILY)
     )
     assert "unhold" not in command
 
 
 def test_unheld_pinned_package_is_held_again_without_reinstalling() -> None:
-    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    host = converged_ubuntu_2004()
     host.packages["libcudnn8"] = ("8.1.1.33-1+cuda11.2", "install ok installed")
     assert changes(plan_one(host)) == {
         "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)": ["apt-mark hold libcudnn8"]
@@ -212,7 +200,7 @@ def test_unheld_pinned_package_is_held_again_without_reinstalling() -> None:
 
 
 def test_users_daemon_json_keys_are_kept() -> None:
-    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    host = converged_ubuntu_2004()
     user_config = {
         "log-driver": "json-file",
         "log-opts": {"max-size": "10m", "max-file": "3"},
@@ -250,7 +238,7 @@ def test_users_daemon_json_keys_are_kept() -> None:
 
 
 def test_daemon_json_that_does_not_parse_refuses_the_host(caplog: pytest.LogCaptureFixture) -> None:
-    host = converged_ubuntu_2004(FIXTURE_KEY_DATA)
+    host = converged_ubuntu_2004()
     host.files["/etc/docker/daemon.json"] = b'{"log-driver": "json-file",}\n'
     # The one host is refused while planned, so pyinfra has none left.
     with pytest.raises(PyinfraError, match="No hosts remaining"):

@@ -144,6 +144,14 @@ def test_fetch_keyring_refuses_another_key() -> None:
     )
 
 
+def test_fetch_keyring_refuses_a_pin_that_shares_only_the_short_key_id() -> None:
+    # The fixture key's 32-bit short ID (A0D62461) behind other digits: short IDs are forged.
+    impostor = "00000000000000000000000000000000A0D62461"
+    assert f"holds key {FIXTURE_KEY_FINGERPRINT}, not the pinned {impostor}" in refusal(
+        str(FIXTURE_KEY), impostor
+    )
+
+
 def test_fetch_keyring_names_the_key_and_the_error(tmp_path: Path) -> None:
     missing = tmp_path / "absent.asc"
     with pytest.raises(

@@ -31,7 +31,7 @@ REACHABLE = """(
             "nvidia_driver_version": "470.199.02",
             "fake_responses": {
                 matcher: lines
-                for matcher, lines in converged_ubuntu_2004(FIXTURE_KEY_DATA).responses().items()
+                for matcher, lines in converged_ubuntu_2004().responses().items()
                 if isinstance(matcher, str)
             },
             "fake_delay": 0,

@@ -13,6 +13,7 @@ from pyinfra.api.arguments import all_global_arguments
 from pyinfra.api.connectors import get_all_connectors
 
 from gpufleet.settings import (
+    DATA_DEFAULTS,
     GPUFLEET_KEY_PREFIXES,
     PYINFRA_DATA_KEYS,
     GpuSettings,
@@ -38,6 +39,13 @@ def test_the_defaults_pass_with_the_new_keys() -> None:
     assert settings.gpu_apt_lock_timeout == 600
     assert settings.docker_restart_with_running_containers is False
     assert settings.warnings == ()
+
+
+def test_the_data_defaults_are_the_models_and_pass() -> None:
+    assert read_settings(DATA_DEFAULTS) == read_settings({})
+    assert DATA_DEFAULTS["docker_package"] == "docker.io"
+    # Older inventories write None for the OS's own docker.
+    assert read_settings({"docker_package": None}).docker_package == "docker.io"
 
 
 def test_new_keys_are_read() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet.deploys.nvidia_driver import driver_packages as gpufleet_driver_pins
+from gpufleet.stack.catalog import driver_packages as gpufleet_driver_pins
 from testbed.standin_repo import (
     CONTAINER_REPO_PATH,
     CUDA_REPO_PATH,

@@ -214,3 +214,31 @@ def test_synthetic_passing_fixture_has_the_scripts_shape() -> None:
 def test_script_parses_as_python_3_7() -> None:
     # TensorFlow 2.9 images run Python 3.8 and older hosts 3.7: no newer syntax in this file.
     ast.parse(SCRIPT.read_text(), feature_version=(3, 7))
+
+
+def test_two_gpus_get_the_mirrored_strategy_step() -> None:
+    gpus = [
+        {"index": 0, "name": "stand-in", "compute_capability": None},
+        {"index": 1, "name": "stand-in", "compute_capability": None},
+    ]
+    # No GPU here, so every check fails; which checks run is the point.
+    checks = smoke.run_checks(gpus, smoke.DEFAULT_TOLERANCE)
+    assert [(check["name"], check["gpu"]) for check in checks] == [
+        ("matmul", 0),
+        ("conv2d", 0),
+        ("matmul", 1),
+        ("conv2d", 1),
+        ("mirrored_strategy_step", None),
+    ]
+
+
+def test_one_gpu_of_two_expected_fails_even_when_its_checks_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    passing = {"name": "matmul", "gpu": 0, "passed": True, "detail": "max error 0"}
+    monkeypatch.setattr(smoke, "load_tensorflow_gpus", lambda: (tf, ["GPU:0"], []))
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda gpu, grow: None)
+    monkeypatch.setattr(smoke, "gpu_inventory", lambda gpus: [{"index": 0}])
+    monkeypatch.setattr(smoke, "run_checks", lambda gpus, tolerance: [passing])
+    report = smoke.run_smoke_test(2, smoke.DEFAULT_TOLERANCE)
+    assert (report["passed"], report["error"]) == (False, "expected 2, saw 1")

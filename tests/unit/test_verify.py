@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from gpufleet.deploys.verify import (
     HOST_TENSORFLOW_PYTHON,
     HOST_TENSORFLOW_VENV,
+    expectations_for,
     host_evidence,
     host_python_problem,
     result_document,
@@ -99,10 +101,10 @@ def healthy_sections() -> dict[str, list[str]]:
     }
 
 
-def verdict_for(sections: dict[str, list[str]]) -> HostVerdict:
+def verdict_for(sections: dict[str, list[str]], pins: Expectations = PINS) -> HostVerdict:
     lines = [line for name, output in sections.items() for line in [SECTION_MARKER + name, *output]]
     gathered = VerificationEvidence().process(lines)
-    return diagnose(host_evidence("gpu-01", gathered), PINS)
+    return diagnose(host_evidence("gpu-01", gathered), pins)
 
 
 def states(verdict: HostVerdict) -> list[str]:
@@ -168,6 +170,14 @@ def test_each_layer_fails_on_its_real_failure_output(
     position = [layer["layer"] for layer in verdict["layers"]].index(broken_layer)
     assert states(verdict)[:position] == ["ok"] * position
     assert states(verdict)[position + 1 :] == ["not reached"] * (4 - position)
+
+
+def test_a_wrong_cudnn_is_fixed_by_installing_the_whole_pinned_version() -> None:
+    pins = replace(PINS, cudnn_version=expectations_for(read_settings({})).cudnn_version)
+    cudnn_9 = fixture_lines("facts/cudnn_version-9.5.0-grep.txt")
+    verdict = verdict_for({**healthy_sections(), "cudnn_version": cudnn_9}, pins)
+    assert verdict["summary"].startswith("gpu-01: BROKEN at cuda: cuDNN 9.5.0 instead of 8.1.1.33")
+    assert "install libcudnn8 and libcudnn8-dev 8.1.1.33 for CUDA 11.2" in verdict["summary"]
 
 
 def test_no_lspci_leaves_hardware_unverified_and_checks_the_layers_above() -> None:
@@ -301,7 +311,7 @@ def test_host_test_plans_its_virtualenv_and_refuses_a_python_too_new(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = {**FIXTURE_KEY_DATA, "tensorflow_host_test": True}
-    operations = plan({"gpu-01": (converged_ubuntu_2004(FIXTURE_KEY_DATA), data)}, verify)
+    operations = plan({"gpu-01": (converged_ubuntu_2004(), data)}, verify)
     planned = {op.name.split(" | ")[-1]: op.commands for op in operations["gpu-01"]}
     assert list(planned) == [
         "python3-venv for the host TensorFlow test",

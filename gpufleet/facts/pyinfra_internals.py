@@ -1,0 +1,44 @@
+"""
+The pyinfra internals gpufleet reads, and only here: written against pyinfra 3.10 (pyproject.toml
+pins ``pyinfra>=3.10,<3.11``). tests/unit/test_pyinfra_internals.py checks each on a real State
+and fails naming the internal when an installed pyinfra no longer has it.
+
+pyinfra offers no public way to ask whether an earlier operation of this run changed a host
+(``OperationMeta.did_change`` is for the one operation a handler names), so gpufleet reads:
+
+- ``State.ops[host]``: the host's ``StateOperationHostData`` by operation hash, each with its
+  ``operation_meta``;
+- ``State.get_op_order()``: every operation hash in run order;
+- ``Host.current_op_hash``: the operation whose commands are being generated, None between them;
+- ``OperationMeta.is_complete()`` and ``OperationMeta.executed``: the operation has run (failed
+  or not) and ran at least one command; ``OperationMeta.will_change``: what a planned operation
+  would do (a `--dry` run never completes it).
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import Host, State
+from pyinfra.api.operation import OperationMeta
+
+
+def changed_before_current_operation(state: State, host: Host) -> bool:
+    """
+    Whether an operation ordered before the one running on ``host`` ran commands there. A failed
+    operation counts: it may have changed the host before its failing command.
+    """
+    host_operations = state.ops[host]
+    for op_hash in state.get_op_order():
+        if op_hash == host.current_op_hash:
+            break
+        operation = host_operations.get(op_hash)
+        if operation is None:
+            continue
+        meta = operation.operation_meta
+        if meta.is_complete() and meta.executed:
+            return True
+    return False
+
+
+def changes_host(operation: OperationMeta) -> bool:
+    """Whether ``operation`` changed its host (once run) or would change it (while planned)."""
+    return operation.did_change() if operation.is_complete() else operation.will_change
