@@ -54,7 +54,10 @@ def audit() -> None:
     if settings is None:
         return
     verify_host(
-        settings, smoke_test=settings.gpu_smoke_test, fail_broken=False, install_host_test=False
+        settings=settings,
+        smoke_test=settings.gpu_smoke_test,
+        fail_broken=False,
+        install_host_test=False,
     )
     fleet_report_written(
         name="Fleet report",

@@ -170,7 +170,7 @@ def driver_upgrade() -> None:
         return
     cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
     install_driver(settings, host_state)
-    verify_host(settings, smoke_test=settings.upgrade_smoke_test)
+    verify_host(settings=settings, smoke_test=settings.upgrade_smoke_test)
 
 
 def install_driver(settings: GpuSettings, host_state: GpuHostStateInfo) -> None:

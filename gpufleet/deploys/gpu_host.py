@@ -5,8 +5,8 @@ gpufleet's main deploy: a bare apt-based host to a pinned, held, configured NVID
 
 Before the first operation it reads the host in one round trip and checks the requested stack
 against the compatibility planner; a refused host is left exactly as it was. That read covers
-everything the operations check (facts/snapshot.py), so a converged host costs no other. At the
-end it verifies the host (deploys/verify.py) unless `gpu_verify` is false.
+everything the operations check (gpufleet/facts/snapshot.py), so a converged host costs no other.
+At the end it verifies the host (gpufleet.deploys.verify) unless `gpu_verify` is false.
 """
 
 from __future__ import annotations
@@ -182,4 +182,4 @@ def gpu_host() -> None:
         lock_timeout=settings.gpu_apt_lock_timeout,
     )
     if settings.gpu_verify:
-        verify_host(settings, smoke_test=settings.gpu_smoke_test)
+        verify_host(settings=settings, smoke_test=settings.gpu_smoke_test)

@@ -190,15 +190,16 @@ def verified(
         logger.warning(verdict["summary"])
 
 
-@deploy("Verify GPU host", data_defaults=DATA_DEFAULTS)
+@deploy("gpufleet verification", data_defaults=DATA_DEFAULTS)
 def verify() -> None:
     """The fleet's verification, from the host's data."""
     settings = settings_or_refusal(host.data)
     if settings is None:
         return
-    verify_host(settings, smoke_test=settings.gpu_smoke_test)
+    verify_host(settings=settings, smoke_test=settings.gpu_smoke_test)
 
 
+@deploy("Verify GPU host")
 def verify_host(
     settings: GpuSettings,
     smoke_test: bool,
@@ -206,7 +207,7 @@ def verify_host(
     install_host_test: bool = True,
 ) -> None:
     """
-    Verify the host against ``settings``, inside an entry deploy (verify, gpu_host, audit,
+    Verify the host against ``settings``, from an entry deploy (verify, gpu_host, audit,
     driver_upgrade).
 
     + settings: the fleet's settings

@@ -1,6 +1,7 @@
 """
-systemd units checked through the run's snapshot (facts/snapshot.py), so a converged host costs
-no round trip per unit: pyinfra's systemd.service for system units, with the same commands.
+systemd units checked through the run's snapshot (gpufleet/facts/snapshot.py), so a converged
+host costs no round trip per unit: pyinfra's systemd.service for system units, with the same
+commands.
 """
 
 from __future__ import annotations
