@@ -1,104 +1,145 @@
 """
-Wall times of gpufleet's runs on fleets of test hosts (needs root and systemd-nspawn, like the
+What gpufleet's runs cost on fleets of test hosts (needs root and systemd-nspawn, like the
 end-to-end tests). Prints figures; it is not a timed test.
 
-    /tmp/venv/bin/python -m bench.fleet_bench [--sizes 1 4 8 16]
+    .venv/bin/python -m bench.fleet_bench [--sizes 1 8 32] [--profile bench/profile-noop-32.md]
 
-Per fleet size N: (a) a first converge from bare, (b) a no-op re-run of deploys/gpu_host.py,
-(c) a rolling driver upgrade in batches of 4 (reboots and verification up to the container
-layer included; (a) and (b) run with gpu_verify false, as the test image is imported after (a)),
-the commands pyinfra sent per
-host in each (its --debug "Running command" lines), and one plain `ssh host true` as the floor.
+Per fleet size N: (a) a first converge from bare and (b) a no-op re-run of deploys/gpu_host.py
+(both with gpu_verify false), and one plain `ssh host true` as the floor. For each: wall time,
+the controller's CPU seconds (user + system of pyinfra, or ssh, and everything it waited for,
+from wait4), its peak RSS, and the commands pyinfra sent per host (its --debug "Running command"
+lines). `--profile` runs the largest fleet's no-op once more under cProfile and writes the
+summary; `--baseline DIR` times the no-op also from another checkout (DIR holds its deploys/ and
+gpufleet/), for a before/after figure from the same fleet.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
+import pstats
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.fleet import REPO_ROOT, Fleet
-from testbed.images import build_image_tarball, import_image
 from testbed.runs import repo_data
 from testbed.standin_repo import build_repos
-from tests.e2e.test_gpu_host_deploy import TEST_IMAGE
 
 CACHE_DIR = Path(os.environ.get("GPUFLEET_TEST_CACHE", "/var/cache/gpufleet-test"))
-UPGRADE_TARGET = "470.239.06"
-UPGRADE_BATCH = 4
 RUN_COMMAND = re.compile(r"Running command on (\S+):")
+PROFILE_TOP = 25
 
 
 @dataclass(frozen=True)
-class Timed:
+class Measured:
+    hosts: int
     seconds: float
+    cpu_seconds: float  # user + system, the process and the children it waited for
+    peak_rss_mib: float
     commands_per_host: float
 
+    def row(self, run: str) -> str:
+        per_host = self.hosts or 1
+        return (
+            f"| {self.hosts} | {run} | {self.seconds:.2f} | {self.seconds / per_host:.3f} "
+            f"| {self.cpu_seconds:.2f} | {self.cpu_seconds / per_host:.3f} "
+            f"| {self.cpu_seconds / self.seconds:.2f} | {self.peak_rss_mib:.0f} "
+            f"| {self.commands_per_host:.0f} |"
+        )
 
-def timed(command: list[str], hosts: int) -> Timed:
-    started = time.monotonic()
-    process = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    seconds = time.monotonic() - started
+
+def measured(
+    command: list[str], hosts: int, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None
+) -> Measured:
+    """Run ``command``; its wall time and, from wait4, its own resource usage only."""
+    with tempfile.TemporaryFile() as output:
+        started = time.monotonic()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=output)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        output.seek(0)
+        text = output.read().decode(errors="replace")
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr[-4000:]}")
-    commands = len(RUN_COMMAND.findall(process.stdout + process.stderr))
-    return Timed(seconds, commands / hosts)
+        raise RuntimeError(f"{' '.join(command)} failed:\n{text[-4000:]}")
+    commands = len(RUN_COMMAND.findall(text))
+    return Measured(
+        hosts,
+        seconds,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_maxrss / 1024,  # KiB on Linux
+        commands / max(hosts, 1),
+    )
 
 
-def bench_fleet(count: int, work_dir: Path) -> dict[str, Timed]:
+def profile_summary(profile: Path, title: str) -> str:
+    """pstats' top entries by cumulative and by own time, as Markdown."""
+    sections = [f"# {title}\n"]
+    for key in ("cumulative", "tottime"):
+        stream = io.StringIO()
+        stats = pstats.Stats(str(profile), stream=stream)
+        stats.strip_dirs().sort_stats(key).print_stats(PROFILE_TOP)
+        text = stream.getvalue()
+        sections.append(f"## Top {PROFILE_TOP} by {key}\n\n```\n{text.strip()}\n```\n")
+    return "\n".join(sections)
+
+
+def bench_fleet(
+    count: int, work_dir: Path, profile: Path | None, baseline: Path | None
+) -> dict[str, Measured]:
     repo = build_repos(CACHE_DIR / "repos", suites=["bookworm"])
     with Fleet(count, "bookworm", CACHE_DIR, repo=repo) as fleet:
         data = {
             **repo_data(repo),
             "gpu_verify": False,
             "gpu_smoke_test": False,
-            "gpu_reboot_allowed": True,
             "gpu_results_dir": str(work_dir / "results"),
         }
         inventory = fleet.write_inventory(work_dir / f"bench_{count}.py", data)
-        upgrade = fleet.write_inventory(
-            work_dir / f"bench_{count}_upgrade.py",
-            {**data, "nvidia_driver_version": UPGRADE_TARGET, "tensorflow_image": TEST_IMAGE},
-        )
-        pyinfra = [str(Path(sys.executable).with_name("pyinfra")), "-y", "--debug"]
-        gpu_host = fleet.controller.command([*pyinfra, str(inventory), "deploys/gpu_host.py"])
-        rollout = fleet.controller.command(
-            [sys.executable, "-m", "gpufleet", "rollout", str(upgrade),
-             "--batch-size", str(UPGRADE_BATCH), "--", "--debug"]
-        )  # fmt: skip
-        ssh = fleet.ssh_command(fleet.hosts[0], "true")
-        figures = {"converge": timed(gpu_host, count), "no-op": timed(gpu_host, count)}
-        tarball = build_image_tarball("bookworm", CACHE_DIR, ["python3"])
-        for host in fleet.hosts:
-            import_image(fleet, host, tarball, TEST_IMAGE)
-        figures["upgrade"] = timed(rollout, count)
-        figures["ssh true"] = timed(ssh, 1)
+        arguments = ["-y", "--debug", str(inventory), "deploys/gpu_host.py"]
+        pyinfra = [str(Path(sys.executable).with_name("pyinfra")), *arguments]
+        gpu_host = fleet.controller.command(pyinfra)
+        figures = {"converge": measured(gpu_host, count), "no-op": measured(gpu_host, count)}
+        if baseline is not None:
+            env = {**os.environ, "PYTHONPATH": str(baseline)}
+            figures["no-op, baseline"] = measured(gpu_host, count, cwd=baseline, env=env)
+        figures["ssh true"] = measured(fleet.ssh_command(fleet.hosts[0], "true"), 1)
+        if profile is not None:
+            raw = work_dir / f"noop_{count}.prof"
+            profiled = [sys.executable, "-m", "cProfile", "-o", str(raw), "-m", "pyinfra"]
+            figures["no-op, cProfile"] = measured(
+                fleet.controller.command([*profiled, *arguments]), count
+            )
+            title = f"cProfile of the controller: no-op re-run of gpu_host.py, {count} hosts"
+            profile.write_text(profile_summary(raw, title))
         return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gpufleet-bench"))
+    parser.add_argument("--profile", type=Path, help="profile the largest size's no-op to here")
+    parser.add_argument("--baseline", type=Path, help="a checkout to time the no-op from too")
     arguments = parser.parse_args()
     arguments.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.platform()}")
-    runs = "converge s | cmds/host | no-op s | cmds/host | upgrade s | cmds/host"
-    print(f"| N | {runs} | ssh true s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| N | run | wall s | wall s/host | CPU s | CPU s/host | CPU/wall | peak RSS MiB "
+          "| cmds/host |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    largest = max(arguments.sizes)
     for count in arguments.sizes:
-        figures = bench_fleet(count, arguments.work_dir)
-        cells = [
-            f"{figures[run].seconds:.1f} | {figures[run].commands_per_host:.0f}"
-            for run in ("converge", "no-op", "upgrade")
-        ]
-        print(f"| {count} | {' | '.join(cells)} | {figures['ssh true'].seconds:.2f} |", flush=True)
+        profile = arguments.profile if count == largest else None
+        figures = bench_fleet(count, arguments.work_dir, profile, arguments.baseline)
+        for run, figure in figures.items():
+            print(figure.row(run), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ pyinfra offers no public way to ask whether an earlier operation of this run cha
 
 - ``State.ops[host]``: the host's ``StateOperationHostData`` by operation hash, each with its
   ``operation_meta``;
-- ``State.get_op_order()``: every operation hash in run order;
+- ``Host.op_hash_order``: the host's own operation hashes in the order they run there (the run
+  order, ``State.get_op_order()``, merges every host's; it is a topological sort of the whole
+  fleet's operations, too costly to redo on each fact read);
 - ``Host.current_op_hash``: the operation whose commands are being generated, None between them;
 - ``OperationMeta.is_complete()`` and ``OperationMeta.executed``: the operation has run (failed
   or not) and ran at least one command; ``OperationMeta.will_change``: what a planned operation
@@ -27,7 +29,7 @@ def changed_before_current_operation(state: State, host: Host) -> bool:
     operation counts: it may have changed the host before its failing command.
     """
     host_operations = state.ops[host]
-    for op_hash in state.get_op_order():
+    for op_hash in host.op_hash_order:
         if op_hash == host.current_op_hash:
             break
         operation = host_operations.get(op_hash)

@@ -46,9 +46,19 @@ ITEM_ARGUMENTS: dict[type[FactBase], str] = {
 PATTERN_ITEM_FACTS: set[type[FactBase]] = {DebPackageStates}
 
 
+_command_signatures: dict[type[FactBase], inspect.Signature] = {}
+
+
+def _command_signature(fact: type[FactBase]) -> inspect.Signature:
+    """The fact's command signature, read once per run (inspect is slow, facts are read often)."""
+    if fact not in _command_signatures:
+        _command_signatures[fact] = inspect.signature(fact().command)
+    return _command_signatures[fact]
+
+
 def complete_arguments(fact: type[FactBase], arguments: dict[str, Any]) -> dict[str, Any]:
     """The fact's command arguments with its defaults filled in, as its command sees them."""
-    bound = inspect.signature(fact().command).bind(**arguments)
+    bound = _command_signature(fact).bind(**arguments)
     bound.apply_defaults()
     return dict(bound.arguments)
 

@@ -114,7 +114,9 @@ def op_hashes(run: Run, name: str) -> dict[str, str]:
 
 def test_every_internal_exists() -> None:
     internals = {
-        "State.get_op_order()": callable(getattr(State, "get_op_order", None)),
+        "Host.op_hash_order": isinstance(
+            getattr(planned_run().host("healthy"), "op_hash_order", None), list
+        ),
         "StateOperationHostData.operation_meta": "operation_meta"
         in getattr(StateOperationHostData, "__annotations__", {}),
         "Host.current_op_hash": hasattr(Host, "current_op_hash"),
@@ -131,6 +133,10 @@ def test_state_ops_holds_each_operations_meta_by_hash_in_run_order() -> None:
     order = run.state.get_op_order()
     assert [op_hash for op_hash in order if op_hash in hashes.values()] == list(hashes.values()), (
         internal_changed("State.get_op_order()")
+    )
+    host = run.host("healthy")
+    assert host.op_hash_order == [op_hash for op_hash in order if op_hash in run.state.ops[host]], (
+        internal_changed("Host.op_hash_order (the host's operations in run order)")
     )
 
 
@@ -178,7 +184,7 @@ def test_an_earlier_operations_commands_are_seen_as_a_change_failed_or_not() -> 
         executed = [seen.changed_before for seen in run.seen[name] if seen.executing]
         # Before the command nothing ran; after it (succeeded or failed) the host may differ.
         assert executed == [False, True], internal_changed(
-            "State.ops/get_op_order()/Host.current_op_hash/OperationMeta (the run's changes)"
+            "State.ops/Host.op_hash_order/Host.current_op_hash/OperationMeta (the run's changes)"
         )
 
 
