@@ -68,7 +68,7 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
 
     run = run_deploy(fleet, inventory, deploy="deploys/verify.py")
     assert_failed_at_verify_without_change(run, host)
-    assert f"Starting operation: {VERIFY_OPERATION}" in run.output
+    assert f"Starting operation: gpufleet verification | {VERIFY_OPERATION}" in run.output
     summary = (
         f"{host.address}: BROKEN at framework: this TensorFlow is a CPU-only build — run the smoke "
         f"test in {TENSORFLOW_IMAGE} (seen: TensorFlow 2.15.1, is_built_with_cuda=False)"
