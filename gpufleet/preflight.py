@@ -64,6 +64,26 @@ def settings_or_refusal(data: InventoryData) -> GpuSettings | None:
     return settings
 
 
+def keyrings_or_refusal(
+    settings: GpuSettings,
+    platform: compat.HostPlatform,
+    problems: list[str],
+    repositories: tuple[str, ...],
+) -> dict[str, bytes] | None:
+    """
+    The checked keyrings of ``repositories`` when the host has no other ``problems``; else None,
+    the host refused with every problem, its keys' included.
+    """
+    keyrings: dict[str, bytes] = {}
+    if not problems:
+        keyrings, key_problems = repository_keyrings(settings, platform, repositories)
+        problems = [*problems, *key_problems]
+    if problems:
+        refuse_host(problems)
+        return None
+    return keyrings
+
+
 def repository_keyrings(
     settings: GpuSettings, platform: compat.HostPlatform, repositories: tuple[str, ...]
 ) -> tuple[dict[str, bytes], list[str]]:

@@ -32,7 +32,7 @@ from gpufleet.deploys.verify import verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.facts.gpu_users import GpuContainer, container_uses_gpus
-from gpufleet.preflight import refuse_host, repository_keyrings, settings_or_refusal
+from gpufleet.preflight import keyrings_or_refusal, refuse_host, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog, compat
 
@@ -160,11 +160,8 @@ def driver_upgrade() -> None:
     host_state = snapshot.take(packages=list(catalog.DRIVER_PACKAGE_PATTERNS))
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
     problems = compat.check_stack(settings.stack_request, platform)
-    keyrings: dict[str, bytes] = {}
-    if not problems:
-        keyrings, problems = repository_keyrings(settings, platform, (CUDA_REPO_NAME,))
-    if problems:
-        refuse_host(problems)
+    keyrings = keyrings_or_refusal(settings, platform, problems, (CUDA_REPO_NAME,))
+    if keyrings is None:
         return
     if not prepare_driver_change(settings, host_state):
         return

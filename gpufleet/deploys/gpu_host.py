@@ -38,7 +38,7 @@ from gpufleet.facts.docker import parse_daemon_json
 from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.operations.docker_daemon import DOCKER_SERVICE
 from gpufleet.operations.packages import auth_file, repository_files
-from gpufleet.preflight import logger, refuse_host, repository_keyrings, settings_or_refusal
+from gpufleet.preflight import keyrings_or_refusal, logger, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog, compat, urls
 from gpufleet.stack.daemon_json import (
@@ -145,14 +145,10 @@ def gpu_host() -> None:
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
     problems = compat.check_stack(settings.stack_request, platform)
     problems += docker_problems(settings, host_state)
-    keyrings: dict[str, bytes] = {}
-    if not problems:
-        keyrings, key_problems = repository_keyrings(
-            settings, platform, (CUDA_REPO_NAME, CONTAINER_REPO_NAME)
-        )
-        problems += key_problems
-    if problems:
-        refuse_host(problems)
+    keyrings = keyrings_or_refusal(
+        settings, platform, problems, (CUDA_REPO_NAME, CONTAINER_REPO_NAME)
+    )
+    if keyrings is None:
         return
     if not prepare_driver_change(settings, host_state):
         return
