@@ -42,14 +42,15 @@ NOUVEAU_BLACKLIST = (
 # Ubuntu's unit runs the daemon with --no-persistence-mode, stops when unneeded and has no
 # [Install] section (udev starts it): gpufleet wants persistence mode on and the daemon up at boot.
 PERSISTENCED_DROPIN_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/gpufleet.conf"
+# The argument the running daemon is checked for (its restart handler compares, see units.py).
+PERSISTENCE_MODE = "--persistence-mode"
 PERSISTENCED_DROPIN = (
     "# Managed by gpufleet: keep the GPUs initialised between jobs.\n"
     "[Unit]\nStopWhenUnneeded=false\n\n"
     "[Service]\nExecStart=\n"
     "ExecStart=/usr/bin/nvidia-persistenced"
-    " --user nvidia-persistenced --persistence-mode --verbose\n"
+    f" --user nvidia-persistenced {PERSISTENCE_MODE} --verbose\n"
 )
-PERSISTENCE_MODE = "--persistence-mode"
 PERSISTENCED_SERVICE = "nvidia-persistenced.service"
 PERSISTENCED_BOOT_LINK = f"/etc/systemd/system/multi-user.target.wants/{PERSISTENCED_SERVICE}"
 PERSISTENCED_UNIT = f"/lib/systemd/system/{PERSISTENCED_SERVICE}"
