@@ -28,11 +28,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.fleet import REPO_ROOT, Fleet
+from testbed.fleet import DEFAULT_FLEET_OS, REPO_ROOT, Fleet
+from testbed.repos import build_repos
+from testbed.rootfs import default_cache_dir
 from testbed.runs import repo_data
-from testbed.standin_repo import build_repos
 
-CACHE_DIR = Path(os.environ.get("GPUFLEET_TEST_CACHE", "/var/cache/gpufleet-test"))
+CACHE_DIR = default_cache_dir()
+# The hosts' OS release: the end-to-end tests' default, whose NVIDIA repository carries CUDA 11.2.
+BENCH_OS = DEFAULT_FLEET_OS
 RUN_COMMAND = re.compile(r"Running command on (\S+):")
 PROFILE_TOP = 25
 
@@ -94,10 +97,10 @@ def profile_summary(profile: Path, title: str) -> str:
 def bench_fleet(
     count: int, work_dir: Path, profile: Path | None, baseline: Path | None
 ) -> dict[str, Measured]:
-    repo = build_repos(CACHE_DIR / "repos", suites=["bookworm"])
-    with Fleet(count, "bookworm", CACHE_DIR, repo=repo) as fleet:
+    repo = build_repos(CACHE_DIR / "repos", [BENCH_OS], rootfs_cache_dir=CACHE_DIR)
+    with Fleet(count, BENCH_OS, CACHE_DIR, repo=repo) as fleet:
         data = {
-            **repo_data(repo),
+            **repo_data(repo, BENCH_OS),
             "gpu_verify": False,
             "gpu_smoke_test": False,
             "gpu_results_dir": str(work_dir / "results"),

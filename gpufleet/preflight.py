@@ -15,9 +15,11 @@ from pyinfra.context import ctx_host
 
 from gpufleet.deploys.cuda import CUDA_REPO_NAME
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME
+from gpufleet.facts import snapshot
+from gpufleet.facts.gpu_host import GpuHostStateInfo, OsReleaseFields
 from gpufleet.repository_keys import RepositoryKeyError, fetch_keyring
 from gpufleet.settings import GpuSettings, InventoryData, SettingsError, read_settings
-from gpufleet.stack import compat
+from gpufleet.stack import catalog, compat
 
 logger = logging.getLogger("pyinfra")
 
@@ -64,19 +66,112 @@ def settings_or_refusal(data: InventoryData) -> GpuSettings | None:
     return settings
 
 
+def repository_pins(
+    settings: GpuSettings, plan: compat.StackPlan, repositories: tuple[str, ...]
+) -> dict[str, dict[str, dict[str, str | None]]]:
+    """Per repository URL, what its packages are pinned to, as "data_key = value": packages."""
+    cuda: dict[str, dict[str, str | None]] = {
+        f"nvidia_driver_version = {plan.driver.version!r}": catalog.driver_packages(plan.driver)
+    }
+    if CONTAINER_REPO_NAME not in repositories:
+        return {plan.repository_url: cuda}
+    cuda[f"cuda_package_version = {settings.cuda_package_version!r}"] = (
+        catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version)
+    )
+    cuda[f"cudnn_version = {settings.cudnn_version!r}"] = catalog.cudnn_packages(
+        settings.cudnn_version, settings.cuda_version
+    )
+    version = settings.nvidia_container_toolkit_version
+    container = {
+        f"nvidia_container_toolkit_version = {version!r}": (
+            catalog.container_toolkit_packages(version)
+        )
+    }
+    return {plan.repository_url: cuda, settings.nvidia_container_repo_url: container}
+
+
+def plan_or_refusal(
+    settings: GpuSettings,
+    host_state: GpuHostStateInfo,
+    problems: list[str],
+    repositories: tuple[str, ...],
+) -> tuple[compat.StackPlan, dict[str, bytes]] | None:
+    """
+    The host's plan and the checked keyrings of ``repositories``; None, the host refused, when
+    the stack does not fit the host, its apt does not offer a pin, or there are other
+    ``problems``.
+    """
+    platform = compat.HostPlatform.from_os_release(host_state["os_release"])
+    plan, plan_problems = compat.plan_stack(settings.stack_request, platform)
+    problems = [*plan_problems, *problems]
+    if plan is not None:
+        installed = {
+            name: state["version"]
+            for name, state in host_state["packages"].items()
+            if state["installed"]
+        }
+        for url, pins in repository_pins(settings, plan, repositories).items():
+            problems += compat.offer_problems(pins, host_state["apt_offers"], installed, url)
+    keyrings = keyrings_or_refusal(settings, plan, problems, repositories)
+    if plan is None or keyrings is None:
+        return None
+    return plan, keyrings
+
+
+def planned_driver_version(settings: GpuSettings) -> str | None:
+    """The driver version the host's plan pins (its OS decides the default); None, the host
+    refused, when the stack does not fit the host."""
+    os_release = snapshot.current(OsReleaseFields)
+    plan, problems = compat.plan_stack(
+        settings.stack_request, compat.HostPlatform.from_os_release(os_release)
+    )
+    if plan is None:
+        refuse_host(problems)
+        return None
+    return plan.driver.version
+
+
+def offered_packages(settings: GpuSettings) -> list[str]:
+    """
+    What the host read asks apt about (apt-cache madison): every package a plan for this host
+    could pin. The plan's driver depends on the host's OS, which the same read tells, so the
+    driver's names come for each OS naming, module flavour and candidate branch.
+    """
+    version = settings.nvidia_driver_version
+    branch = settings.nvidia_driver_branch or (version.split(".")[0] if version else None)
+    branches = (
+        {branch}
+        if branch
+        else {compat.default_driver_branch(r) for r in compat.CUDA_REPOSITORIES.values()}
+    )
+    names = {
+        name
+        for candidate in branches
+        for naming in catalog.DriverNaming
+        for modules in catalog.KernelModules
+        for name in catalog.driver_packages(
+            catalog.DriverChoice(naming, candidate, "0", modules, headless=False)
+        )
+    }
+    names |= set(catalog.cuda_toolkit_packages(settings.cuda_version, "0"))
+    names |= set(catalog.CUDNN_PACKAGES)
+    names |= set(catalog.CONTAINER_TOOLKIT_PACKAGES)
+    return sorted(names)
+
+
 def keyrings_or_refusal(
     settings: GpuSettings,
-    platform: compat.HostPlatform,
+    plan: compat.StackPlan | None,
     problems: list[str],
     repositories: tuple[str, ...],
 ) -> dict[str, bytes] | None:
     """
-    The checked keyrings of ``repositories`` when the host has no other ``problems``; else None,
-    the host refused with every problem, its keys' included.
+    The checked keyrings of ``repositories`` when the host has a plan and no other
+    ``problems``; else None, the host refused with every problem, its keys' included.
     """
     keyrings: dict[str, bytes] = {}
-    if not problems:
-        keyrings, key_problems = repository_keyrings(settings, platform, repositories)
+    if plan is not None and not problems:
+        keyrings, key_problems = repository_keyrings(settings, plan, repositories)
         problems = [*problems, *key_problems]
     if problems:
         refuse_host(problems)
@@ -85,7 +180,7 @@ def keyrings_or_refusal(
 
 
 def repository_keyrings(
-    settings: GpuSettings, platform: compat.HostPlatform, repositories: tuple[str, ...]
+    settings: GpuSettings, plan: compat.StackPlan, repositories: tuple[str, ...]
 ) -> tuple[dict[str, bytes], list[str]]:
     """
     The checked keyring of each of ``repositories`` (CUDA_REPO_NAME, CONTAINER_REPO_NAME),
@@ -94,8 +189,8 @@ def repository_keyrings(
     keys = {
         CUDA_REPO_NAME: (
             "nvidia_cuda_repo_key_url",
-            settings.cuda_repo_key_url(platform),
-            settings.nvidia_cuda_repo_key_fingerprint,
+            settings.cuda_repo_key_url(plan),
+            settings.cuda_repo_key_fingerprint(plan),
         ),
         CONTAINER_REPO_NAME: (
             "nvidia_container_repo_key_url",

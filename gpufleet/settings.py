@@ -258,16 +258,32 @@ class GpuSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
+    # None: R580 where the host's NVIDIA repository carries it, else the newest branch it
+    # carries that gpufleet pins a release of (compat.DEFAULT_DRIVER_BRANCH).
     nvidia_driver_branch: Annotated[
-        str, _shaped(compat.DRIVER_BRANCH, "is not a driver branch; use e.g. '470'")
-    ] = "470"
+        str | None, _shaped(compat.DRIVER_BRANCH, "is not a driver branch; use e.g. '580'")
+    ] = Field(default=None, examples=["580"])
+    # None: gpufleet's pinned release of the branch (compat.DRIVER_RELEASES).
     nvidia_driver_version: Annotated[
-        str,
+        str | None,
         _shaped(
             compat.DRIVER_VERSION,
-            "is not a driver version; use the full upstream version, e.g. '470.182.03'",
+            "is not a driver version; use the full upstream version, e.g. '580.126.16'",
         ),
-    ] = "470.182.03"
+    ] = Field(default=None, examples=["580.126.16"])
+    # None: open from R560 (NVIDIA's default for Turing and newer), proprietary before.
+    nvidia_kernel_modules: Annotated[
+        catalog.KernelModules | None,
+        _text(
+            lambda key, value: (
+                None
+                if value in {flavour.value for flavour in catalog.KernelModules}
+                else f"{key} = {_shown(value)} must be 'open' or 'proprietary'"
+            )
+        ),
+    ] = Field(default=None, examples=["open"])
+    # The compute part of the driver only (no X server, no graphics libraries); false: all of it.
+    nvidia_driver_headless: Flag = True
     cuda_version: Annotated[
         str, _shaped(_CUDA_RELEASE, "is not a CUDA release; use major.minor, e.g. '11.2'")
     ] = "11.2"
@@ -287,7 +303,10 @@ class GpuSettings(BaseModel):
     nvidia_cuda_repo_key_url: Annotated[str | None, _key_location("keys/cuda.pub")] = Field(
         default=None, examples=["https://mirror.example.com/cuda/3bf863cc.pub"]
     )
-    nvidia_cuda_repo_key_fingerprint: Annotated[str, Text] = compat.NVIDIA_CUDA_KEY_FINGERPRINT
+    # None: the key NVIDIA signs the host's repository with (3bf863cc; debian13: 8793F200).
+    nvidia_cuda_repo_key_fingerprint: Annotated[str | None, Text] = Field(
+        default=None, examples=["EB693B3035CD5710E231E123A4B469963BF863CC"]
+    )
     nvidia_container_repo_url: Annotated[str, RepositoryUrl] = compat.NVIDIA_CONTAINER_REPO_URL
     nvidia_container_repo_key_url: Annotated[str, _key_location("keys/container.pub")] = (
         compat.NVIDIA_CONTAINER_KEY_URL
@@ -298,9 +317,9 @@ class GpuSettings(BaseModel):
     nvidia_container_toolkit_version: Annotated[
         str,
         _shaped(
-            compat.CONTAINER_TOOLKIT_VERSION, "is not a 1.x toolkit release; use e.g. '1.17.4'"
+            compat.CONTAINER_TOOLKIT_VERSION, "is not a 1.x toolkit release; use e.g. '1.17.8'"
         ),
-    ] = "1.17.4"
+    ] = "1.17.8"
     # None (as older inventories write it): the default.
     docker_package: Annotated[
         str,
@@ -366,6 +385,8 @@ class GpuSettings(BaseModel):
         return compat.StackRequest(
             nvidia_driver_branch=self.nvidia_driver_branch,
             nvidia_driver_version=self.nvidia_driver_version,
+            nvidia_kernel_modules=self.nvidia_kernel_modules,
+            nvidia_driver_headless=self.nvidia_driver_headless,
             cuda_version=self.cuda_version,
             cuda_package_version=self.cuda_package_version,
             cudnn_version=self.cudnn_version,
@@ -374,11 +395,15 @@ class GpuSettings(BaseModel):
             nvidia_cuda_repo_url=self.nvidia_cuda_repo_url,
         )
 
-    def cuda_repo_url(self, platform: compat.HostPlatform) -> str:
-        return self.nvidia_cuda_repo_url or compat.cuda_repo_url(platform.cuda_repo_release)
+    def cuda_repo_key_url(self, plan: compat.StackPlan) -> str:
+        return self.nvidia_cuda_repo_key_url or compat.repository_key_url(
+            plan.repository_url, plan.repository
+        )
 
-    def cuda_repo_key_url(self, platform: compat.HostPlatform) -> str:
-        return self.nvidia_cuda_repo_key_url or self.cuda_repo_url(platform) + "3bf863cc.pub"
+    def cuda_repo_key_fingerprint(self, plan: compat.StackPlan) -> str:
+        return self.nvidia_cuda_repo_key_fingerprint or compat.repository_key_fingerprint(
+            plan.repository
+        )
 
 
 # pyinfra's @deploy(data_defaults=...): the model's defaults, as data.

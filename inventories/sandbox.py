@@ -1,6 +1,7 @@
 """
-The sandbox test host that `python -m testbed.sandbox` boots (see README.md): one Debian 12
-host reached over SSH, with NVIDIA's repositories replaced by the signed stand-in repositories.
+The sandbox test host that `python -m testbed.sandbox` boots (see README.md): one host of the
+OS release chosen with --os (Ubuntu 22.04 by default) reached over SSH, with NVIDIA's
+repositories replaced by the signed stand-in repositories.
 
 The sandbox writes where its host is and how to reach it to GPUFLEET_SANDBOX_STATE.
 """

@@ -1,12 +1,13 @@
-"""A fleet of booted Debian test hosts for end-to-end tests, benchmarks and the sandbox.
+"""A fleet of booted test hosts for end-to-end tests, benchmarks and the sandbox.
 
-    with Fleet(count=8, suite="bookworm", repo=repo_tree, cache_dir=cache) as fleet:
+    with Fleet(count=8, os_release="ubuntu22.04", repo=repo_tree, cache_dir=cache) as fleet:
         inventory = fleet.write_inventory(tmp_path / "inventory.py")
         fleet.run_pyinfra(str(inventory), "deploys/docker.py")
 
-Hosts boot in parallel from one cached root filesystem; pyinfra, ssh and the local apt mirror
-run in the fleet's controller namespace, the only network the hosts can reach. Leaving the
-block (normally, on error, on Ctrl-C, or at interpreter exit) stops the hosts and removes
+Hosts boot in parallel from the cached root filesystem of their OS release (one release for the
+fleet, or one per host: ``os_release=["debian12", "ubuntu24.04"]``); pyinfra, ssh and the local
+apt mirror run in the fleet's controller namespace, the only network the hosts can reach. Leaving
+the block (normally, on error, on Ctrl-C, or at interpreter exit) stops the hosts and removes
 everything the fleet created; a run killed outright is cleaned by the next one.
 """
 
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +46,23 @@ from testbed.network import (
     processes_in_netns,
     run_command,
 )
-from testbed.rootfs import build_rootfs
+from testbed.os_releases import OsRelease
+from testbed.rootfs import build_rootfs, os_release
 from testbed.standin_repo import REPO_HOST, REPO_PORT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYINFRA = Path(sys.executable).parent / "pyinfra"
 DEFAULT_BOOT_TIMEOUT = 180.0
 DEFAULT_STOP_TIMEOUT = 15.0
+# The release of the hosts fleet_factory() boots unless told otherwise: the only one whose NVIDIA
+# repository carries CUDA 11.2.
+DEFAULT_FLEET_OS = "ubuntu20.04"
 SERVER_START_TIMEOUT = 10.0
 
 _fleet_sequence = itertools.count()
+
+# One OS release (an OsRelease or its name) for every host of a fleet, or one per host.
+OsReleases = OsRelease | str | Sequence[OsRelease | str]
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,17 @@ class TestHost:
     # The host's / as seen from the machine running the tests: put files here directly.
     root: Path
     console_log: Path
+    os_release: OsRelease
 
 
 class FleetFactory(Protocol):
     """Opens fleets that are closed for the caller (the ``fleet_factory`` fixture)."""
 
     def __call__(
-        self, count: int = 1, suite: str = "bookworm", boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+        self,
+        count: int = 1,
+        os_release: OsReleases = DEFAULT_FLEET_OS,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
     ) -> Fleet: ...
 
 
@@ -87,19 +100,33 @@ def raise_inotify_instances() -> None:
         INOTIFY_INSTANCES.write_text(f"{INOTIFY_INSTANCES_WANTED}\n")
 
 
+def host_releases(count: int, releases: OsReleases) -> list[OsRelease]:
+    """The OS release of each of ``count`` hosts: one for all, or one per host."""
+    if isinstance(releases, (str, OsRelease)):
+        return [os_release(releases)] * count
+    per_host = [os_release(release) for release in releases]
+    if len(per_host) != count:
+        raise ValueError(f"{len(per_host)} OS releases for {count} hosts")
+    return per_host
+
+
 class Fleet:
-    """``count`` booted hosts of Debian ``suite`` that see the local test mirror ``repo``."""
+    """``count`` booted hosts of ``os_release`` that see the local test mirror ``repo``.
+
+    ``os_release`` is a release (OsRelease or its name, e.g. "ubuntu22.04") for every host, or
+    a sequence of one per host.
+    """
 
     def __init__(
         self,
         count: int,
-        suite: str,
+        os_release: OsReleases,
         cache_dir: Path,
         repo: AptRepository | None = None,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
     ) -> None:
         self.count = count
-        self.suite = suite
+        self.os_releases = host_releases(count, os_release)
         self.cache_dir = cache_dir
         self.repo = repo
         self.boot_timeout = boot_timeout
@@ -116,18 +143,35 @@ class Fleet:
     @property
     def hosts(self) -> list[TestHost]:
         return [
-            TestHost(machine.name, machine.network.address, machine.root, machine.console_log)
+            TestHost(
+                machine.name,
+                machine.network.address,
+                machine.root,
+                machine.console_log,
+                machine.os_release,
+            )
             for machine in self.machines
         ]
+
+    @property
+    def os_release(self) -> OsRelease:
+        """The OS release of the fleet's hosts (an error for a fleet of several releases)."""
+        releases = set(self.os_releases)
+        if len(releases) != 1:
+            names = ", ".join(sorted(release.name for release in releases))
+            raise ValueError(f"fleet {self.prefix} runs several OS releases: {names}")
+        return self.os_releases[0]
 
     def __enter__(self) -> Fleet:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("open a Fleet from the main thread (child death signals)")
         cleanup_stale()
-        rootfs = build_rootfs(self.suite, self.cache_dir)
+        trees = {
+            release: build_rootfs(release, self.cache_dir) for release in set(self.os_releases)
+        }
         atexit.register(self.close)
         try:
-            self._open(rootfs)
+            self._open([trees[release] for release in self.os_releases])
         except BaseException as error:
             try:
                 self.close()
@@ -144,7 +188,7 @@ class Fleet:
     ) -> None:
         self.close()
 
-    def _open(self, rootfs: Path) -> None:
+    def _open(self, trees: list[Path]) -> None:
         started = time.monotonic()
         raise_inotify_instances()
         self.run_dir.mkdir(parents=True)
@@ -155,10 +199,11 @@ class Fleet:
         self.controller.create()
         if self.repo is not None:
             self.serve(self.repo.root)
-        for index in range(self.count):
+        for index, (release, rootfs) in enumerate(zip(self.os_releases, trees, strict=True)):
             network = self.controller.add_host(index)
             machine = Machine(
                 name=network.netns,
+                os_release=release,
                 rootfs=rootfs,
                 state_dir=self.run_dir / f"h{index}",
                 network=network,
@@ -166,7 +211,7 @@ class Fleet:
                 ssh_key=self.ssh_key,
             )
             self.machines.append(machine)
-            machine.prepare(host_files(machine.name, self.suite, public_key, self.repo))
+            machine.prepare(host_files(machine.name, release, public_key, self.repo))
             machine.start()
         pool = ThreadPoolExecutor(max_workers=self.count)
         try:

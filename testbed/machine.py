@@ -1,9 +1,10 @@
-"""One test host: a Debian tree booted with systemd-nspawn on a throwaway overlay.
+"""One test host: an OS release's tree booted with systemd-nspawn on a throwaway overlay.
 
 The cached root filesystem is the read-only lower layer; each host writes to its own upper
 layer, so a boot copies nothing and stopping removes every trace by unmounting and deleting
-one directory. /var/lib/docker is a plain directory bind-mounted from the host's state
-directory, because docker's overlay2 driver cannot stack on an overlay.
+one directory. /var/lib/docker and /var/lib/containerd are plain directories bind-mounted from
+the host's state directory, because docker's overlay2 driver and containerd's overlayfs
+snapshotter (docker 29's image store, on Ubuntu 22.04 and 24.04) cannot stack on an overlay.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from testbed.network import (
     run_command,
     unmount_all_under,
 )
+from testbed.os_releases import OsRelease
 
 SSH_OPTIONS = (
     "-o", "BatchMode=yes",
@@ -42,6 +44,9 @@ SSH_OPTIONS = (
 SSH_CONNECT_FAILED = 255
 APT_SOURCE_FILE = "etc/apt/sources.list.d/gpufleet-test.list"
 CONSOLE_TAIL_LINES = 40
+# Directories of the host's /var/lib kept outside its overlay root (see the module docstring).
+BOUND = ("docker", "containerd")
+JOURNAL_READ_TIMEOUT = 30
 READY_STATES = ("running", "degraded")
 PR_SET_PDEATHSIG = 1
 NETNS_TEARDOWN_TIMEOUT = 10.0
@@ -51,7 +56,7 @@ NSPAWN_REBOOT_STATUS = 133
 
 
 class AptRepository(Protocol):
-    """The local test mirror as the hosts see it (testbed.standin_repo.RepoTree)."""
+    """The local test mirror as the hosts see it (testbed.repos.RepoTree)."""
 
     @property
     def root(self) -> Path: ...
@@ -59,9 +64,9 @@ class AptRepository(Protocol):
     @property
     def key_path(self) -> Path: ...
 
-    def debian_source_line(self, suite: str) -> str: ...
+    def os_source_line(self, release: OsRelease | str) -> str: ...
 
-    def debian_keyring_path_on_host(self) -> str: ...
+    def os_keyring_path_on_host(self) -> str: ...
 
 
 class HostBootError(RuntimeError):
@@ -75,17 +80,18 @@ class HostFile:
 
 
 def host_files(
-    name: str, suite: str, public_key: str, repo: AptRepository | None
+    name: str, release: OsRelease, public_key: str, repo: AptRepository | None
 ) -> dict[str, HostFile]:
-    """Files that make a shared root filesystem into host ``name`` (paths relative to /)."""
+    """Files that make a shared root filesystem of ``release`` into host ``name`` (paths relative
+    to /)."""
     files = {
         "etc/hostname": HostFile(f"{name}\n".encode()),
         "root/.ssh/authorized_keys": HostFile(public_key.encode(), 0o600),
     }
     if repo is not None:
-        keyring = repo.debian_keyring_path_on_host().lstrip("/")
+        keyring = repo.os_keyring_path_on_host().lstrip("/")
         files[keyring] = HostFile(repo.key_path.read_bytes())
-        files[APT_SOURCE_FILE] = HostFile(f"{repo.debian_source_line(suite)}\n".encode())
+        files[APT_SOURCE_FILE] = HostFile(f"{repo.os_source_line(release)}\n".encode())
     return files
 
 
@@ -127,6 +133,7 @@ class Machine:
     def __init__(
         self,
         name: str,
+        os_release: OsRelease,
         rootfs: Path,
         state_dir: Path,
         network: HostNetwork,
@@ -134,6 +141,7 @@ class Machine:
         ssh_key: Path,
     ) -> None:
         self.name = name
+        self.os_release = os_release
         self.rootfs = rootfs
         self.state_dir = state_dir
         self.network = network
@@ -155,7 +163,7 @@ class Machine:
 
     def prepare(self, files: dict[str, HostFile]) -> None:
         """Mount the overlay root and write the per-host ``files`` into it."""
-        layers = {layer: self.state_dir / layer for layer in ("upper", "work", "root", "docker")}
+        layers = {layer: self.state_dir / layer for layer in ("upper", "work", "root", *BOUND)}
         for layer in layers.values():
             layer.mkdir(parents=True)
         options = f"lowerdir={self.rootfs},upperdir={layers['upper']},workdir={layers['work']}"
@@ -195,7 +203,7 @@ class Machine:
             # Docker in the host needs all capabilities, keyring and bpf syscalls.
             "--capability=all",
             "--system-call-filter=@keyring bpf",
-            f"--bind={self.state_dir / 'docker'}:/var/lib/docker",
+            *(f"--bind={self.state_dir / name}:/var/lib/{name}" for name in BOUND),
             "--resolv-conf=off",
             "--timezone=off",
             "--link-journal=no",
@@ -217,10 +225,27 @@ class Machine:
         # The console is a pty: lines end in "\r\r\n" (read_text would make that two lines).
         return "\n".join(text.replace("\r", "").splitlines()[-lines:])
 
-    def _boot_error(self, reason: str) -> HostBootError:
+    def journal_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
+        """The end of the host's persistent journal, read from its root (while mounted)."""
+        journal = self.root / "var/log/journal"
+        if not journal.is_dir():
+            return "(no persistent journal)"
+        try:
+            result = subprocess.run(
+                ["journalctl", f"--directory={journal}", "--no-pager", "--quiet",
+                 "--output=short-monotonic", f"--lines={lines}"],
+                capture_output=True, text=True, timeout=JOURNAL_READ_TIMEOUT, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"(journal unreadable: {error})"
+        return (result.stdout or result.stderr).strip() or "(journal empty)"
+
+    def _boot_error(self, reason: str, details: str = "") -> HostBootError:
         return HostBootError(
-            f"host {self.name} ({self.network.address}) {reason}; console tail:\n"
-            f"{self.console_tail()}"
+            f"host {self.name} ({self.os_release.name}, {self.network.address}) {reason}"
+            f"{details}\n"
+            f"console (nspawn and systemd) tail:\n{self.console_tail()}\n"
+            f"journal tail:\n{self.journal_tail()}"
         )
 
     def ssh(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -251,7 +276,11 @@ class Machine:
                 continue
             state = result.stdout.strip()
             if state not in READY_STATES:
-                raise self._boot_error(f"booted into state {state!r} {result.stderr}")
+                failed = self.ssh("systemctl --failed --no-legend --plain", timeout=30).stdout
+                raise self._boot_error(
+                    f"booted into state {state!r} {result.stderr}",
+                    f"; failed units:\n{failed.strip() or '(none)'}",
+                )
             self.boot_state = state
             return state
 

@@ -20,18 +20,23 @@ from typing import Any
 
 from gpufleet.operations.packages import TRANSACTION_LOCK
 from testbed.fleet import Fleet, TestHost
-from testbed.standin_repo import RepoTree
+from testbed.os_releases import OsRelease
+from testbed.repos import RepoTree
+from testbed.rootfs import os_release
 
 
-def repo_data(repo: RepoTree) -> dict[str, Any]:
-    """Inventory data pointing gpufleet at the stand-in NVIDIA repositories (an explicit mirror)."""
+def repo_data(repo: RepoTree, release: OsRelease | str) -> dict[str, Any]:
+    """Inventory data pointing gpufleet at the stand-in NVIDIA repositories (an explicit mirror)
+    for hosts of ``release``: its CUDA directory, signed by that directory's key, and the
+    container repository."""
+    directory = os_release(release).cuda_directory
     return {
-        "nvidia_cuda_repo_url": repo.cuda_repo_url,
-        "nvidia_cuda_repo_key_url": repo.key_url,
-        "nvidia_cuda_repo_key_fingerprint": repo.key_fingerprint,
+        "nvidia_cuda_repo_url": repo.cuda_repo_url(directory),
+        "nvidia_cuda_repo_key_url": repo.cuda_key_url(directory),
+        "nvidia_cuda_repo_key_fingerprint": repo.cuda_key_fingerprint(directory),
         "nvidia_container_repo_url": repo.container_repo_url,
-        "nvidia_container_repo_key_url": repo.key_url,
-        "nvidia_container_repo_key_fingerprint": repo.key_fingerprint,
+        "nvidia_container_repo_key_url": repo.container_key_url,
+        "nvidia_container_repo_key_fingerprint": repo.container_key_fingerprint,
     }
 
 

@@ -1,11 +1,14 @@
 """
-The sandbox: one real Debian 12 test host and the stand-in NVIDIA repositories, with gpufleet's
-main deploy run on it through inventories/sandbox.py, twice (the second run changes nothing).
+The sandbox: one real test host of a chosen OS release, with gpufleet's main deploy run on it twice.
 
-    .venv/bin/python -m testbed.sandbox [--keep]
+The host sees the stand-in NVIDIA repositories and its release's mirror only; the deploy runs
+through inventories/sandbox.py, twice (the second run changes nothing).
 
-Needs root on Debian 12 (systemd-nspawn, network namespaces). --keep leaves the host up until
-Enter is pressed, for `pyinfra inventories/sandbox.py ...` or ssh by hand (the command is shown).
+    .venv/bin/python -m testbed.sandbox [--os NAME] [--keep]
+
+--os picks the host's OS release (default: Ubuntu 20.04; --help lists them). Needs root on
+Debian 12 (systemd-nspawn, network namespaces). --keep leaves the host up until Enter is pressed,
+for `pyinfra inventories/sandbox.py ...` or ssh by hand (the command is shown).
 """
 
 from __future__ import annotations
@@ -20,15 +23,25 @@ import sys
 from pathlib import Path
 
 from testbed.fleet import PYINFRA, REPO_ROOT, Fleet
+from testbed.os_releases import DEFAULT_SANDBOX_OS, OS_RELEASES
+from testbed.repos import build_repos
+from testbed.rootfs import default_cache_dir
 from testbed.runs import repo_data
-from testbed.standin_repo import build_repos
 
-CACHE_DIR = Path(os.environ.get("GPUFLEET_TEST_CACHE", "/var/cache/gpufleet-test"))
+CACHE_DIR = default_cache_dir()
 STATE = Path(os.environ.get("GPUFLEET_SANDBOX_STATE", "/run/gpufleet-sandbox/sandbox.json"))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument(
+        "--os",
+        default=DEFAULT_SANDBOX_OS,
+        choices=list(OS_RELEASES),
+        metavar="NAME",
+        help=f"the host's OS release, one of: {', '.join(OS_RELEASES)} "
+        f"(default: {DEFAULT_SANDBOX_OS})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the host up until Enter")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
@@ -36,14 +49,15 @@ def main() -> int:
               "as root, then this command as root.", file=sys.stderr)  # fmt: skip
         return 2
 
-    print("--> Building the stand-in NVIDIA repositories and the Debian mirror (cached)")
-    repo = build_repos(CACHE_DIR / "repos", suites=["bookworm"])
-    print("--> Booting a Debian 12 test host")
-    with Fleet(count=1, suite="bookworm", cache_dir=CACHE_DIR, repo=repo) as fleet:
+    release = OS_RELEASES[args.os]
+    print(f"--> Building the stand-in NVIDIA repositories and the {release.name} mirror (cached)")
+    repo = build_repos(CACHE_DIR / "repos", [release], rootfs_cache_dir=CACHE_DIR)
+    print(f"--> Booting a {release.vendor} {release.version_id} test host ({release.name})")
+    with Fleet(count=1, os_release=release, cache_dir=CACHE_DIR, repo=repo) as fleet:
         (host,) = fleet.hosts
         STATE.parent.mkdir(parents=True, exist_ok=True)
         data = {
-            **repo_data(repo),
+            **repo_data(repo, release),
             # The sandbox has no GPU and cannot pull tensorflow_image: verification (and its
             # honest failure at the framework layer) is shown by tests/e2e/test_verify.py.
             "gpu_verify": False,

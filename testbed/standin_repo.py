@@ -1,83 +1,41 @@
-"""Stand-in apt repositories for gpufleet's test hosts: NVIDIA's, and a subset of Debian's.
+"""Stand-in apt repositories of NVIDIA for gpufleet's test hosts, and the tools to build them.
 
 NVIDIA's repositories and a GPU cannot be reached from the test machines, so these are the only
 NVIDIA packages gpufleet's tests install. They carry the real package names, versions and
 dependency chains (testbed/standin_payloads and the catalogue below name the sources; what
 the sources do not confirm is marked NOT FOUND) and install the files the real packages install,
 with stand-in programs (nvidia-smi, nvcc, the container runtime and its hook) that print the real
-formats. The Debian part mirrors what the hosts need from deb.debian.org (docker.io, dkms, ...)
-so that the hosts need no other network. Every repository is flat and signed with a throwaway
-key; apt on the hosts verifies it through signed-by, never trusted=yes.
+formats. Every repository is flat and signed with a throwaway key; apt on the hosts verifies it
+through signed-by, never trusted=yes.
 
-The fleet serves ``RepoTree.root`` at http://10.213.0.1:8080/:
-
-    keys/gpufleet-test.asc                          the archive key (armored)
-    cuda/repos/ubuntu2004/x86_64/                   CUDA repository (drivers, toolkit, cuDNN, NCCL)
-    libnvidia-container/gpgkey                      the archive key, at the real key's place
-    libnvidia-container/stable/deb/nvidia-container-toolkit.list
-    libnvidia-container/stable/deb/amd64/           container toolkit repository
-    debian/<suite>/                                 Debian subset + linux-headers-$(uname -r)
+testbed.repos assembles these (build_nvidia_part) with the OS mirrors of testbed.os_mirror into
+the tree the fleets serve; its docstring shows the layout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import pwd
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from urllib.parse import unquote
-
-from testbed.rootfs import HOST_PACKAGES, locked
 
 REPO_HOST = "10.213.0.1"
 REPO_PORT = 8080
 REPO_URL = f"http://{REPO_HOST}:{REPO_PORT}/"
 
-KEY_FILE = "keys/gpufleet-test.asc"
 CUDA_REPO_PATH = "cuda/repos/ubuntu2004/x86_64/"
 CONTAINER_REPO_PATH = "libnvidia-container/stable/deb/amd64/"
-DEBIAN_KEYRING_ON_HOST = "/usr/share/keyrings/gpufleet-test-archive.asc"
 
-DEBIAN_UPSTREAM = "http://deb.debian.org/debian"
-DEBIAN_UPSTREAM_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 PAYLOADS = Path(__file__).with_name("standin_payloads")
 MAINTAINER = "gpufleet test stand-in <gpufleet-test@invalid>"
 KEY_USER_ID = "gpufleet test archive (throwaway) <gpufleet-test@invalid>"
-
-
-@dataclass(frozen=True)
-class RepoTree:
-    """A built tree of signed stand-in repositories and the key that signs them."""
-
-    root: Path
-    key_path: Path
-    key_fingerprint: str
-
-    def debian_source_line(self, suite: str) -> str:
-        return f"deb [signed-by={DEBIAN_KEYRING_ON_HOST}] {REPO_URL}debian/{suite} /"
-
-    def debian_keyring_path_on_host(self) -> str:
-        return DEBIAN_KEYRING_ON_HOST
-
-    @property
-    def cuda_repo_url(self) -> str:
-        return REPO_URL + CUDA_REPO_PATH
-
-    @property
-    def container_repo_url(self) -> str:
-        return REPO_URL + CONTAINER_REPO_PATH
-
-    @property
-    def key_url(self) -> str:
-        return REPO_URL + KEY_FILE
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +60,7 @@ class StandinPackage:
     provides: tuple[str, ...] = ()
     breaks: tuple[str, ...] = ()
     replaces: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
     architecture: str = "amd64"
     files: dict[str, Payload] = field(default_factory=dict)
     symlinks: dict[str, str] = field(default_factory=dict)
@@ -124,6 +83,7 @@ class StandinPackage:
             "Provides": ", ".join(self.provides),
             "Breaks": ", ".join(self.breaks),
             "Replaces": ", ".join(self.replaces),
+            "Conflicts": ", ".join(self.conflicts),
         }
         lines = [f"{name}: {value}" for name, value in fields.items() if value]
         lines.append(f"Description: {self.description}")
@@ -210,28 +170,154 @@ def build_debs(packages: Iterable[StandinPackage], output_dir: Path, scratch: Pa
 # The NVIDIA catalogue (repo-packages.md of shared/nvidia-reference is the source)
 # --------------------------------------------------------------------------------------------
 
-# cuda-drivers-<branch> builds of the ubuntu2004 CUDA repo (apt-cache policy listing, §3).
-DRIVER_RELEASES: dict[str, tuple[str, ...]] = {
-    "470": ("470.141.03", "470.182.03", "470.239.06"),
-    "535": ("535.183.01",),
-}
-# CUDA version nvidia-smi reports per branch (real 470 tables: 11.4; 535 header: 12.2).
-DRIVER_CUDA_VERSION = {"470": "11.4", "535": "12.2"}
-# The (>=) floors of nvidia-driver/nvidia-dkms on nvidia-dkms and nvidia-kernel-common
-# (470: Canonical's control file). 535: NOT FOUND; 535.54.03, the branch's first release, chosen.
-DRIVER_DEPENDENCY_FLOOR = {"470": "470.129.06", "535": "535.54.03"}
-# NvIFR (libnvidia-ifr1) is in the 470 control file; R495+ dropped it (NOT FOUND for 535's
-# control file, chosen from the driver's removal of NvIFR).
+# The directories of NVIDIA's CUDA repository this testbed stands in for
+# (developer.download.nvidia.com/compute/cuda/repos/<directory>/x86_64/), and the signing key
+# each publishes beside its index.
+CUDA_DIRECTORIES: tuple[str, ...] = (
+    "ubuntu2004",
+    "ubuntu2204",
+    "ubuntu2404",
+    "debian11",
+    "debian12",
+    "debian13",
+)
+# debian13 is signed by 8793F200 (0218 2E60 104F CDC2 6EAE 1B85 97A5 D4CB 8793 F200): Debian 13's
+# sqv rejects the SHA1-bound 3bf863cc since 2026-02-01 (NVIDIA/cuda-repo-management#30, #34,
+# #39, #44).
+# The others keep 3bf863cc (EB69 3B30 35CD 5710 E231 E123 A4B4 6996 3BF8 63CC; SIGNATURES.md there).
+SECOND_KEY_DIRECTORIES = ("debian13",)
+# The key files' names in the repositories: .../ubuntu2004/x86_64/3bf863cc.pub (nvidia/cuda
+# Dockerfiles, repo-packages.md §0) and .../debian13/x86_64/8793F200.pub (install scripts on
+# GitHub fetch that URL).
+MAIN_KEY_FILE = "3bf863cc.pub"
+SECOND_KEY_FILE = "8793F200.pub"
+
+
+def cuda_repo_path(directory: str) -> str:
+    return f"cuda/repos/{directory}/x86_64/"
+
+
+def cuda_key_path(directory: str) -> str:
+    """The key file NVIDIA publishes in a directory: cuda/repos/debian13/x86_64/8793F200.pub."""
+    name = SECOND_KEY_FILE if directory in SECOND_KEY_DIRECTORIES else MAIN_KEY_FILE
+    return cuda_repo_path(directory) + name
+
+
+@dataclass(frozen=True)
+class DriverRelease:
+    """One driver release as one directory publishes it.
+
+    ``revision`` is the Debian revision of the driver family, ``meta_revision`` that of
+    cuda-drivers and cuda-drivers-<branch> (they differ on Ubuntu: 470.182.03-1 vs -0ubuntu1).
+    """
+
+    branch: str
+    upstream: str
+    revision: str = "1"
+    meta_revision: str = "1"
+
+    @property
+    def version(self) -> str:
+        return f"{self.upstream}-{self.revision}"
+
+    @property
+    def meta_version(self) -> str:
+        return f"{self.upstream}-{self.meta_revision}"
+
+
+# CUDA version nvidia-smi reports per branch (470: 11.4 in the real tables, 535 header: 12.2;
+# 550: 12.4, 580: 13.0 (CUDA 13.0.0 ships 580.65.06, repos-2026.md), 590: 13.1: NOT FOUND in a
+# captured table, chosen from the CUDA release each branch came with).
+DRIVER_CUDA_VERSION = {"470": "11.4", "535": "12.2", "545": "12.3", "550": "12.4", "580": "13.0",
+                       "590": "13.1"}  # fmt: skip
+# The (>=) floors on nvidia-dkms and nvidia-kernel-common (470: Canonical's control file) and
+# of Debian's cuda-drivers-<branch> on nvidia-driver (580: "nvidia-driver (>= 580.65.06)", NVIDIA
+# forum thread on cuda-drivers-580 580.105.08-1, SOURCES.md §1). Others NOT FOUND: each
+# branch's first release chosen.
+DRIVER_DEPENDENCY_FLOOR = {"470": "470.129.06", "535": "535.54.03", "545": "545.23.06",
+                           "550": "550.54.14", "580": "580.65.06", "590": "590.44.01"}  # fmt: skip
+# NvIFR (libnvidia-ifr1) is in the 470 control file; R495+ dropped it.
 BRANCHES_WITH_IFR = {"470"}
-DRIVER_REVISION = "1"  # CUDA-repo driver builds end in -1 (repo-packages.md §3)
+# The open kernel modules exist from R515 (NVIDIA's kernel-modules guide); public READMEs install
+# nvidia-kernel-source-535-open and build it in /usr/src/nvidia-535.154.05, the proprietary path.
+FIRST_OPEN_BRANCH = 515
+# nvidia-open, NVIDIA's metapackage for the open flavour (in the debian13 index: a public repository
+# probe requires 'cuda-keyring' and 'nvidia-open' there); from R560, when open became the default.
+FIRST_NVIDIA_OPEN_BRANCH = 560
+# nvidia-driver-pinning-<version> (repos-2026.md: "seen in use in 2026"): which branches and
+# directories carry it and what it holds are NOT FOUND; chosen: releases of R580 and later.
+FIRST_PINNING_BRANCH = 580
 
 
-def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
-    """The nvidia-driver-<branch> family at one driver release, shaped as Canonical's control."""
-    version = f"{upstream}-{DRIVER_REVISION}"
-    floor = DRIVER_DEPENDENCY_FLOOR[branch]
-    cuda = DRIVER_CUDA_VERSION[branch]
+@dataclass(frozen=True)
+class DriverFiles:
+    """The stand-in files of one driver release, whichever naming packages them."""
+
+    libcuda: dict[str, Payload]
+    libcuda_links: dict[str, str]
+    libnvidia_ml: dict[str, Payload]
+    libnvidia_ml_links: dict[str, str]
+    nvidia_smi: dict[str, Payload]
+    persistenced: dict[str, Payload]
+    persistenced_scripts: dict[str, str]
+    kernel_source: dict[str, Payload]
+    dkms: dict[str, Payload]
+    dkms_scripts: dict[str, str]
+
+
+def driver_files(upstream: str, cuda: str) -> DriverFiles:
     lib_dir = "/usr/lib/x86_64-linux-gnu"
+    src_dir = f"/usr/src/nvidia-{upstream}"
+    return DriverFiles(
+        libcuda=library_files(lib_dir, "libcuda.so.1", f"libcuda.so.{upstream}", upstream),
+        libcuda_links={f"{lib_dir}/libcuda.so.1": f"libcuda.so.{upstream}"},
+        libnvidia_ml=library_files(
+            lib_dir, "libnvidia-ml.so.1", f"libnvidia-ml.so.{upstream}", upstream
+        ),
+        libnvidia_ml_links={f"{lib_dir}/libnvidia-ml.so.1": f"libnvidia-ml.so.{upstream}"},
+        nvidia_smi={
+            "/usr/bin/nvidia-smi": program("nvidia-smi", DRIVER_VERSION=upstream, CUDA_VERSION=cuda)
+        },
+        persistenced={
+            "/usr/bin/nvidia-persistenced": program("nvidia-persistenced", DRIVER_VERSION=upstream),
+            "/lib/systemd/system/nvidia-persistenced.service": text_file(
+                payload_text("nvidia-persistenced.service")
+            ),
+        },
+        persistenced_scripts={"postinst": payload_text("nvidia-compute-utils.postinst")},
+        kernel_source={
+            f"{src_dir}/Makefile": text_file((PAYLOADS / "nvidia-kernel/Makefile").read_text()),
+            f"{src_dir}/nvidia-standin.c": text_file(
+                payload_text("nvidia-kernel/nvidia-standin.c", DRIVER_VERSION=upstream)
+            ),
+        },
+        dkms={
+            f"{src_dir}/dkms.conf": text_file(
+                payload_text("nvidia-kernel/dkms.conf", DRIVER_VERSION=upstream)
+            )
+        },
+        dkms_scripts={
+            "postinst": payload_text("nvidia-dkms.postinst", DRIVER_VERSION=upstream),
+            "prerm": payload_text("nvidia-dkms.prerm", DRIVER_VERSION=upstream),
+        },
+    )
+
+
+def driver_packages(naming: str, release: DriverRelease) -> list[StandinPackage]:
+    """One driver release's packages as a directory of ``naming`` ("ubuntu" or "debian") names them.
+
+    Both namings install the same stand-in files (one DriverFiles), so what gpufleet verifies on
+    a host does not depend on which naming installed the driver.
+    """
+    files = driver_files(release.upstream, DRIVER_CUDA_VERSION[release.branch])
+    family = (ubuntu_driver_family if naming == "ubuntu" else debian_driver_family)(release, files)
+    return family + companion_packages(release) + pinning_packages(release)
+
+
+def ubuntu_driver_family(release: DriverRelease, files: DriverFiles) -> list[StandinPackage]:
+    """The nvidia-driver-<branch> family, shaped as Canonical's control (repo-packages.md §3)."""
+    branch, upstream, version = release.branch, release.upstream, release.version
+    floor = DRIVER_DEPENDENCY_FLOOR[branch]
 
     def own(name: str) -> str:
         return f"{name}-{branch}"
@@ -245,30 +331,87 @@ def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
     def package(name: str, description: str, **fields: object) -> StandinPackage:
         return StandinPackage(own(name), version, description, **fields)  # type: ignore[arg-type]
 
-    src_dir = f"/usr/src/nvidia-{upstream}"
-    kernel_source = {
-        f"{src_dir}/Makefile": text_file((PAYLOADS / "nvidia-kernel/Makefile").read_text()),
-        f"{src_dir}/nvidia-standin.c": text_file(
-            payload_text("nvidia-kernel/nvidia-standin.c", DRIVER_VERSION=upstream)
-        ),
-    }
     with_ifr = branch in BRANCHES_WITH_IFR
-    driver_depends = [
-        exact("libnvidia-gl"),
-        at_least("nvidia-dkms", floor),
-        at_least("nvidia-kernel-common", floor),
-        exact("nvidia-kernel-source"),
-        exact("libnvidia-compute"),
-        exact("libnvidia-extra"),
-        exact("nvidia-compute-utils"),
-        exact("libnvidia-decode"),
-        exact("libnvidia-encode"),
-        exact("nvidia-utils"),
-        exact("xserver-xorg-video-nvidia"),
-        exact("libnvidia-cfg1"),
-        *([exact("libnvidia-ifr1")] if with_ifr else []),
-        exact("libnvidia-fbc1"),
-    ]
+    with_open = int(branch) >= FIRST_OPEN_BRANCH
+
+    def driver_depends(flavour: str) -> tuple[str, ...]:
+        return (
+            exact("libnvidia-gl"),
+            f"{own('nvidia-dkms')}{flavour} (>= {floor})",
+            at_least("nvidia-kernel-common", floor),
+            f"{own('nvidia-kernel-source')}{flavour} (= {version})",
+            exact("libnvidia-compute"),
+            exact("libnvidia-extra"),
+            exact("nvidia-compute-utils"),
+            exact("libnvidia-decode"),
+            exact("libnvidia-encode"),
+            exact("nvidia-utils"),
+            exact("xserver-xorg-video-nvidia"),
+            exact("libnvidia-cfg1"),
+            *([exact("libnvidia-ifr1")] if with_ifr else []),
+            exact("libnvidia-fbc1"),
+        )
+
+    # The open and proprietary kernel sources install the same /usr/src/nvidia-<version> and
+    # provide the same virtual names: each flavour conflicts with the other's package (Canonical's
+    # control.in for -open is NOT FOUND verbatim; this keeps apt from mixing the flavours).
+    def flavour_packages(flavour: str, other: str) -> list[StandinPackage]:
+        conflicts = lambda name: (f"{own(name)}{other}",) if with_open else ()  # noqa: E731
+        suffix = " (open kernel modules)" if flavour else ""
+        return [
+            StandinPackage(
+                f"{own('nvidia-kernel-source')}{flavour}",
+                version,
+                f"NVIDIA kernel source package{suffix}",
+                provides=("nvidia-kernel-source",),
+                conflicts=conflicts("nvidia-kernel-source"),
+                files=files.kernel_source,
+            ),
+            StandinPackage(
+                f"{own('nvidia-dkms')}{flavour}",
+                version,
+                f"NVIDIA DKMS package{suffix}",
+                depends=(
+                    "dkms",
+                    f"{own('nvidia-kernel-source')}{flavour} (>= {floor})",
+                    at_least("nvidia-kernel-common", floor),
+                ),
+                provides=("nvidia-dkms-kernel",),
+                conflicts=conflicts("nvidia-dkms"),
+                files=files.dkms,
+                scripts=files.dkms_scripts,
+            ),
+            StandinPackage(
+                f"{own('nvidia-driver')}{flavour}",
+                version,
+                f"NVIDIA driver metapackage{suffix}",
+                depends=driver_depends(flavour),
+                conflicts=conflicts("nvidia-driver"),
+            ),
+            # Headless metapackages: Depends as Canonical's control (repo-packages.md §3).
+            StandinPackage(
+                f"{own('nvidia-headless-no-dkms')}{flavour}",
+                version,
+                f"NVIDIA headless metapackage - no DKMS{suffix}",
+                depends=(
+                    at_least("nvidia-kernel-common", floor),
+                    f"{own('nvidia-kernel-source')}{flavour} (= {version})",
+                    exact("libnvidia-compute"),
+                    exact("nvidia-compute-utils"),
+                    exact("libnvidia-cfg1"),
+                ),
+            ),
+            StandinPackage(
+                f"{own('nvidia-headless')}{flavour}",
+                version,
+                f"NVIDIA headless metapackage{suffix}",
+                depends=(
+                    f"{own('nvidia-headless-no-dkms')}{flavour}",
+                    f"{own('nvidia-dkms')}{flavour}",
+                ),
+            ),
+        ]
+
     packages = [
         package("libnvidia-common", "NVIDIA driver common files", architecture="all"),
         package(
@@ -287,16 +430,8 @@ def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
                 "libcuda-11.2-1",
                 f"libcuda1 (= {version})",
             ),
-            files={
-                **library_files(lib_dir, "libcuda.so.1", f"libcuda.so.{upstream}", upstream),
-                **library_files(
-                    lib_dir, "libnvidia-ml.so.1", f"libnvidia-ml.so.{upstream}", upstream
-                ),
-            },
-            symlinks={
-                f"{lib_dir}/libcuda.so.1": f"libcuda.so.{upstream}",
-                f"{lib_dir}/libnvidia-ml.so.1": f"libnvidia-ml.so.{upstream}",
-            },
+            files={**files.libcuda, **files.libnvidia_ml},
+            symlinks={**files.libcuda_links, **files.libnvidia_ml_links},
             runs_ldconfig=True,
         ),
         package("libnvidia-extra", "Extra libraries for the NVIDIA driver"),
@@ -312,7 +447,7 @@ def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
         ),
         package("libnvidia-cfg1", "NVIDIA binary OpenGL/GLX configuration library"),
         package("libnvidia-fbc1", "NVIDIA OpenGL-based Framebuffer Capture runtime library"),
-        # ${nvidia:xorgDepends} (the X server ABI) is not resolved in the sources: NOT FOUND,
+        # ${nvidia:xorgDepends} (the X server ABI; xserver-xorg-core per NVIDIA's control.in) is
         # left out so the headless test hosts need no X server.
         package(
             "xserver-xorg-video-nvidia",
@@ -323,74 +458,23 @@ def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
             "nvidia-utils",
             "NVIDIA driver support binaries",
             provides=("nvidia-utils", "nvidia-smi"),
-            files={
-                "/usr/bin/nvidia-smi": program(
-                    "nvidia-smi", DRIVER_VERSION=upstream, CUDA_VERSION=cuda
-                )
-            },
+            files=files.nvidia_smi,
         ),
         package(
             "nvidia-compute-utils",
             "NVIDIA compute utilities",
             depends=(own("libnvidia-compute"), "adduser"),
             provides=("nvidia-compute-utils", "nvidia-persistenced"),
-            files={
-                "/usr/bin/nvidia-persistenced": program(
-                    "nvidia-persistenced", DRIVER_VERSION=upstream
-                ),
-                "/lib/systemd/system/nvidia-persistenced.service": text_file(
-                    payload_text("nvidia-persistenced.service")
-                ),
-            },
-            scripts={"postinst": payload_text("nvidia-compute-utils.postinst")},
-        ),
-        package(
-            "nvidia-kernel-source",
-            "NVIDIA kernel source package",
-            provides=("nvidia-kernel-source",),
-            files=kernel_source,
+            files=files.persistenced,
+            scripts=files.persistenced_scripts,
         ),
         package(
             "nvidia-kernel-common",
             "Shared files used with the kernel module",
             provides=("nvidia-kernel-common",),
         ),
-        package(
-            "nvidia-dkms",
-            "NVIDIA DKMS package",
-            depends=(
-                "dkms",
-                at_least("nvidia-kernel-source", floor),
-                at_least("nvidia-kernel-common", floor),
-            ),
-            provides=("nvidia-dkms-kernel",),
-            files={
-                f"{src_dir}/dkms.conf": text_file(
-                    payload_text("nvidia-kernel/dkms.conf", DRIVER_VERSION=upstream)
-                )
-            },
-            scripts={
-                "postinst": payload_text("nvidia-dkms.postinst", DRIVER_VERSION=upstream),
-                "prerm": payload_text("nvidia-dkms.prerm", DRIVER_VERSION=upstream),
-            },
-        ),
-        package("nvidia-driver", "NVIDIA driver metapackage", depends=tuple(driver_depends)),
-        package(
-            "nvidia-headless-no-dkms",
-            "NVIDIA headless metapackage - no DKMS",
-            depends=(
-                at_least("nvidia-kernel-common", floor),
-                exact("nvidia-kernel-source"),
-                exact("libnvidia-compute"),
-                exact("nvidia-compute-utils"),
-                exact("libnvidia-cfg1"),
-            ),
-        ),
-        package(
-            "nvidia-headless",
-            "NVIDIA headless metapackage",
-            depends=(own("nvidia-headless-no-dkms"), own("nvidia-dkms")),
-        ),
+        *flavour_packages("", "-open"),
+        *(flavour_packages("-open", "") if with_open else []),
     ]
     if with_ifr:
         packages.append(
@@ -401,8 +485,9 @@ def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
             )
         )
     # cuda-drivers-<branch>: (>=) on the driver packages (dstack PR #2355, 535), so pinning it
-    # pins nothing under it; cuda-drivers follows the newest branch (the NOT FOUND shape of
-    # repo-packages.md §3: one cuda-drivers per driver release, depending on its branch).
+    # pins nothing under it; cuda-drivers follows the newest branch (one cuda-drivers per
+    # release, depending on its branch's: `apt list -a cuda-drivers` lists every branch's
+    # releases, holodeck PR #280).
     cuda_drivers_depends = [
         at_least(name)
         for name in (
@@ -421,17 +506,218 @@ def driver_packages(branch: str, upstream: str) -> list[StandinPackage]:
     ]
     if with_ifr:
         cuda_drivers_depends.append(at_least("libnvidia-ifr1"))
-    packages.append(
-        package(
-            "cuda-drivers", "CUDA Driver native dependencies", depends=tuple(cuda_drivers_depends)
-        )
-    )
-    packages.append(
-        StandinPackage(
-            "cuda-drivers", version, "CUDA Driver meta-package", depends=(at_least("cuda-drivers"),)
-        )
-    )
+    packages += cuda_drivers_packages(release, tuple(cuda_drivers_depends))
     return packages
+
+
+def cuda_drivers_packages(release: DriverRelease, depends: tuple[str, ...]) -> list[StandinPackage]:
+    branch_meta = f"cuda-drivers-{release.branch}"
+    return [
+        StandinPackage(
+            branch_meta, release.meta_version, "CUDA Driver native dependencies", depends=depends
+        ),
+        StandinPackage(
+            "cuda-drivers",
+            release.meta_version,
+            "CUDA Driver meta-package",
+            depends=(f"{branch_meta} (>= {release.upstream})",),
+        ),
+    ]
+
+
+def debian_driver_family(release: DriverRelease, files: DriverFiles) -> list[StandinPackage]:
+    """Debian's names (NVIDIA/debian-packaging-nvidia-driver debian/control, branch 535).
+
+    Depends keep the control's edges between these packages; edges to packages the stand-ins
+    leave out (the GL/EGL/Vulkan libraries, nvidia-support, glx-alternative-nvidia,
+    nvidia-installer-cleanup, nvidia-kernel-common) are dropped. nvidia-driver-cuda,
+    nvidia-kernel-open-dkms and firmware-nvidia-gsp are not in that control (later branches):
+    their Depends are NOT FOUND and chosen.
+    """
+    upstream, version = release.upstream, release.version
+    alternative = f"nvidia-alternative (= {version})"
+
+    def package(name: str, description: str, **fields: object) -> StandinPackage:
+        return StandinPackage(name, version, description, **fields)  # type: ignore[arg-type]
+
+    def dkms(name: str, other: str, description: str) -> StandinPackage:
+        return package(
+            name,
+            description,
+            depends=("dkms", "nvidia-kernel-support--v1", f"firmware-nvidia-gsp (= {version})"),
+            provides=(f"nvidia-kernel-{upstream}",),
+            # Both build the same stand-in /usr/src/nvidia-<version>: NOT FOUND, chosen.
+            conflicts=(other,),
+            files={**files.kernel_source, **files.dkms},
+            scripts=files.dkms_scripts,
+        )
+
+    packages = [
+        package(
+            "nvidia-driver",
+            "NVIDIA metapackage",
+            depends=(
+                f"nvidia-driver-libs (= {version})",
+                f"nvidia-driver-bin (= {version})",
+                f"xserver-xorg-video-nvidia (= {version})",
+                alternative,
+                f"nvidia-kernel-dkms (= {version}) | nvidia-kernel-{upstream}",
+            ),
+            provides=("nvidia-driver-any", "nvidia-glx-any"),
+        ),
+        package(
+            "nvidia-driver-cuda",
+            "NVIDIA driver CUDA integration components",
+            depends=(
+                f"libcuda1 (= {version})",
+                f"nvidia-smi (= {version})",
+                f"nvidia-persistenced (= {version})",
+                f"nvidia-kernel-support (= {version})",
+            ),
+        ),
+        package(
+            "nvidia-alternative",
+            "allows the selection of NVIDIA as GLX provider",
+            provides=("nvidia-alternative--kmod-alias",),
+        ),  # fmt: skip
+        package(
+            "nvidia-kernel-support",
+            "NVIDIA binary kernel module support files",
+            depends=(alternative, "nvidia-alternative--kmod-alias", "nvidia-modprobe (>= 352)"),
+            provides=("nvidia-kernel-support-any", "nvidia-kernel-support--v1"),
+        ),
+        dkms(
+            "nvidia-kernel-dkms",
+            "nvidia-kernel-open-dkms",
+            "NVIDIA binary kernel module DKMS source",
+        ),  # fmt: skip
+        dkms(
+            "nvidia-kernel-open-dkms",
+            "nvidia-kernel-dkms",
+            "NVIDIA binary kernel module DKMS source (open kernel modules)",
+        ),  # fmt: skip
+        package(
+            "firmware-nvidia-gsp",
+            "NVIDIA GSP firmware",
+            architecture="all",
+            files={f"/lib/firmware/nvidia/{upstream}/gsp_tu10x.bin": text_file("stand-in\n")},
+        ),
+        package(
+            "xserver-xorg-video-nvidia",
+            "NVIDIA binary Xorg driver",
+            depends=(alternative,),
+            provides=("xserver-xorg-video-nvidia-any",),
+        ),  # fmt: skip
+        package(
+            "nvidia-driver-bin",
+            "NVIDIA driver support binaries",
+            depends=(alternative,),
+            provides=(f"nvidia-driver-bin-{upstream}",),
+            conflicts=(f"nvidia-driver-bin-{upstream}",),
+        ),
+        package(
+            "libnvidia-cfg1",
+            "NVIDIA binary OpenGL/GLX configuration library",
+            depends=(alternative,),
+            provides=("libnvidia-cfg1-any",),
+        ),  # fmt: skip
+        package(
+            "nvidia-driver-libs",
+            "NVIDIA metapackage (OpenGL/GLX/EGL/GLES libraries)",
+            provides=("nvidia-driver-libs-any",),
+        ),  # fmt: skip
+        package(
+            "nvidia-smi",
+            "NVIDIA System Management Interface",
+            depends=(alternative, f"libnvidia-ml1 (= {version})"),
+            files=files.nvidia_smi,
+        ),
+        package(
+            "libnvidia-ml1",
+            "NVIDIA Management Library (NVML) runtime library",
+            depends=(alternative,),
+            provides=(f"libnvidia-ml.so.1 (= {upstream})",),
+            files=files.libnvidia_ml,
+            symlinks=files.libnvidia_ml_links,
+            runs_ldconfig=True,
+        ),
+        package(
+            "libcuda1",
+            "NVIDIA CUDA Driver Library",
+            depends=(alternative,),
+            provides=(f"libcuda.so.1 (= {upstream})", "libcuda1-any"),
+            files=files.libcuda,
+            symlinks=files.libcuda_links,
+            runs_ldconfig=True,
+        ),
+        # Debian's nvidia-persistenced runs as its own user too (hence adduser).
+        package(
+            "nvidia-persistenced",
+            "daemon to maintain persistent software state in the NVIDIA driver",
+            depends=("adduser", "libnvidia-cfg1-any"),
+            files=files.persistenced,
+            scripts=files.persistenced_scripts,
+        ),
+    ]
+    # cuda-drivers-<branch> on Debian: "nvidia-driver (>= 580.65.06)" for 580 (the floor, not the
+    # release: cuda-drivers-580 580.105.08-1 "improperly pulls in v590 components", NVIDIA forum,
+    # SOURCES.md §1); the rest of its Depends NOT FOUND.
+    floor = DRIVER_DEPENDENCY_FLOOR[release.branch]
+    packages += cuda_drivers_packages(
+        release, (f"nvidia-driver (>= {floor})", f"nvidia-driver-cuda (>= {floor})")
+    )
+    if int(release.branch) >= FIRST_NVIDIA_OPEN_BRANCH:
+        packages.append(
+            package(
+                "nvidia-open",
+                "NVIDIA driver with the open kernel modules (metapackage)",
+                depends=(f"nvidia-driver (= {version})", f"nvidia-kernel-open-dkms (= {version})"),
+            )
+        )
+    return packages
+
+
+def companion_packages(release: DriverRelease) -> list[StandinPackage]:
+    """The unsuffixed tools each release ships (repos-2026.md: the 470.182.03 family "plus the
+    unsuffixed nvidia-modprobe, nvidia-settings, libxnvctrl0"), at the family's revision (NOT
+    FOUND: chosen). nvidia-settings depends on libxnvctrl0 (= version)."""
+    version = release.version
+    return [
+        StandinPackage(
+            "nvidia-modprobe", version, "Load the NVIDIA kernel driver and create device files"
+        ),
+        StandinPackage("libxnvctrl0", version, "NV-CONTROL X extension (runtime library)"),
+        StandinPackage(
+            "nvidia-settings",
+            version,
+            "Tool for configuring the NVIDIA graphics driver",
+            depends=(f"libxnvctrl0 (= {version})",),
+        ),
+    ]
+
+
+def pinning_packages(release: DriverRelease) -> list[StandinPackage]:
+    """nvidia-driver-pinning-<version>: an apt preferences file holding the driver at its release.
+
+    The package's contents are NOT FOUND: chosen as the apt pin its name describes.
+    """
+    if int(release.branch) < FIRST_PINNING_BRANCH:
+        return []
+    name = f"nvidia-driver-pinning-{release.upstream}"
+    return [
+        StandinPackage(
+            name,
+            release.version,
+            f"Pins the NVIDIA driver packages to {release.upstream}",
+            architecture="all",
+            files={
+                f"/etc/apt/preferences.d/{name}": text_file(
+                    "Package: *nvidia* libcuda* libxnvctrl* cuda-drivers*\n"
+                    f"Pin: version {release.upstream}-*\nPin-Priority: 1000\n"
+                )
+            },
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -504,6 +790,40 @@ TOOLKIT_RELEASES = (
         "Tue_Aug_15_22:02:13_PDT_2023",
         "cuda_12.2.r12.2/compiler.33191640_0",
         "2023",
+    ),
+    # 11.8.0 (ubuntu2204, debian11): cudart/nvcc 11.8.89, cuBLAS 11.11.3.6, driver 520.61.05 and the
+    # banner as widely printed by `nvcc --version`; not in the sources read: NOT FOUND.
+    ToolkitRelease(
+        "11.8.0",
+        "11.8.89",
+        "11.8.89",
+        "11.11.3.6",
+        "520.61.05",
+        "Wed_Sep_21_10:33:58_PDT_2022",
+        "cuda_11.8.r11.8/compiler.31833905_0",
+        "2022",
+    ),
+    # 12.6.3 (ubuntu2404, debian12; driver 560.35.05): component versions and banner NOT FOUND.
+    ToolkitRelease(
+        "12.6.3",
+        "12.6.77",
+        "12.6.85",
+        "12.6.4.1",
+        "560.35.05",
+        "Thu_Nov__7_19:25:04_PST_2024",
+        "cuda_12.6.r12.6/compiler.35059454_0",
+        "2024",
+    ),
+    # 13.0.0 (debian13; driver 580.65.06, repos-2026.md): component versions and banner NOT FOUND.
+    ToolkitRelease(
+        "13.0.0",
+        "13.0.48",
+        "13.0.48",
+        "13.0.0.19",
+        "580.65.06",
+        "Wed_Jul_16_07:30:01_PM_PDT_2025",
+        "cuda_13.0.r13.0/compiler.36260728_0",
+        "2025",
     ),
 )
 
@@ -652,10 +972,8 @@ def toolkit_packages(toolkit: ToolkitRelease) -> list[StandinPackage]:
 
 
 # libcudnn8 builds (repo-packages.md §2): the 8.1 pins of TensorFlow and nvidia/cuda, and the
-# newest build, which an unpinned install picks.
-CUDNN_BUILDS = (("8.1.0.77", "11.2"), ("8.1.1.33", "11.2"), ("8.9.7.29", "12.2"))
-# libnccl2: the 11.2 pin is real; the cuda12.2 build (2.18.5) is NOT FOUND, chosen as the newest.
-NCCL_BUILDS = (("2.8.4", "11.2"), ("2.18.5", "12.2"))
+# newest build, which an unpinned install picks. libnccl2: the 11.2 pin is real; the cuda12.2
+# build (2.18.5) is NOT FOUND, chosen as the newest. Each directory lists its own (below).
 
 CUDNN_VERSION_HEADER = """\
 /* cudnn_version.h of cuDNN @MAJOR@.@MINOR@.@PATCH@ (gpufleet stand-in; the defines as real). */
@@ -716,9 +1034,11 @@ def nccl_package(build: str, cuda: str) -> StandinPackage:
     )
 
 
-CONTAINER_TOOLKIT_VERSIONS = ("1.13.5", "1.17.4", "1.17.8")
-# The 1.13.5 commit is real (docker/for-linux#1531); the others are NOT FOUND and derived.
-CONTAINER_TOOLKIT_COMMITS = {"1.13.5": "6b8589dcb4dead72ab64f14a5912886e6165c079"}
+# 1.17.4 (gpufleet's default), 1.17.8 (CVE-2025-23266/23267 fixed) and 1.18.2, the newest 1.18.x
+# (git tags, SOURCES.md §10).
+CONTAINER_TOOLKIT_VERSIONS = ("1.17.4", "1.17.8", "1.18.2")
+# Commits NOT FOUND: derived from the version.
+CONTAINER_TOOLKIT_COMMITS: dict[str, str] = {}
 
 
 def container_packages(upstream: str) -> list[StandinPackage]:
@@ -760,13 +1080,16 @@ def container_packages(upstream: str) -> list[StandinPackage]:
         },
     )
     seccomp = ("libseccomp2",) if upstream.startswith("1.13.") else ()
+    # From 1.18.0 the tools must match exactly (commit f0ea60a2, SOURCES.md §10).
+    exact_tools = tuple(int(part) for part in upstream.split(".")[:2]) >= (1, 18)
+    tools_floor = f"libnvidia-container-tools ({'=' if exact_tools else '>='} {version})"
     toolkit = StandinPackage(
         "nvidia-container-toolkit",
         version,
         "NVIDIA Container toolkit",
         depends=(
             f"nvidia-container-toolkit-base (= {version})",
-            f"libnvidia-container-tools (>= {version})",
+            tools_floor,
             "libnvidia-container-tools (<< 2.0.0)",
             *seccomp,
         ),
@@ -781,17 +1104,116 @@ def container_packages(upstream: str) -> list[StandinPackage]:
     return [library, tools, base, toolkit]
 
 
-def cuda_repo_packages() -> list[StandinPackage]:
-    packages = [
-        p
-        for b, releases in DRIVER_RELEASES.items()
-        for u in releases
-        for p in driver_packages(b, u)
-    ]
-    packages += [p for toolkit in TOOLKIT_RELEASES for p in toolkit_packages(toolkit)]
-    packages += [p for build, cuda in CUDNN_BUILDS for p in cudnn_packages(build, cuda)]
-    packages += [nccl_package(build, cuda) for build, cuda in NCCL_BUILDS]
+@dataclass(frozen=True)
+class CudaDirectoryContents:
+    """What one directory of NVIDIA's CUDA repository carries (a small, representative part)."""
+
+    naming: str  # "ubuntu": nvidia-driver-<branch> family; "debian": Debian's names
+    drivers: tuple[DriverRelease, ...]
+    toolkits: tuple[str, ...]  # TOOLKIT_RELEASES by release
+    cudnn: tuple[tuple[str, str], ...] = ()  # (libcudnn8 build, CUDA release)
+    nccl: tuple[tuple[str, str], ...] = ()  # (libnccl2 build, CUDA release)
+
+
+def ubuntu(branch: str, upstream: str, revision: str, meta_revision: str) -> DriverRelease:
+    return DriverRelease(branch, upstream, revision, meta_revision)
+
+
+CUDA_DIRECTORY_CONTENTS: dict[str, CudaDirectoryContents] = {
+    # R470: every release 470.42.01-1 .. 470.239.06-1 (apt-cache policy,
+    # apt-packaging-fabric-manager#3);
+    # cuda-drivers-470 at -1, the family at -0ubuntu1 (a public pin script, repos-2026.md).
+    # 535.183.01: cuda-drivers-535=535.183.01-1 (dstack PR #2355); its family's -0ubuntu1 NOT FOUND
+    # (as 470's). Newest branch of ubuntu2004: NOT FOUND (PR #89 names 580 in 22.04 and 24.04
+    # only); 550.144.03 chosen, whose cuda-drivers is 550.144.03-0ubuntu1 on Ubuntu
+    # (holodeck PR #280).
+    "ubuntu2004": CudaDirectoryContents(
+        "ubuntu",
+        (
+            ubuntu("470", "470.141.03", "0ubuntu1", "1"),
+            ubuntu("470", "470.182.03", "0ubuntu1", "1"),
+            ubuntu("470", "470.239.06", "0ubuntu1", "1"),
+            ubuntu("535", "535.183.01", "0ubuntu1", "1"),
+            ubuntu("550", "550.144.03", "0ubuntu1", "0ubuntu1"),
+        ),
+        ("11.2.0", "11.2.1", "11.2.2", "12.2.2"),
+        (("8.1.0.77", "11.2"), ("8.1.1.33", "11.2"), ("8.9.7.29", "12.2")),
+        (("2.8.4", "11.2"), ("2.18.5", "12.2")),
+    ),
+    # From R515 (ansible-role-nvidia-driver PR #65), up to R580 (PR #89). Two R580 releases for
+    # driver upgrades: 580.95.05 (holodeck#783; its Ubuntu revision NOT FOUND, -0ubuntu1 as
+    # 570.86.15-0ubuntu1 in holodeck PR #280) and 580.126.16-1ubuntu1 (infra-controller PR #5927,
+    # cuda-drivers-580 and libnvidia-compute-580 both). Toolkit from 11.7 (Jimver/cuda-toolkit#183):
+    # 11.8.0 and 12.2.2 chosen; libcudnn8 8.9.7.29 for both (NOT FOUND for this directory).
+    "ubuntu2204": CudaDirectoryContents(
+        "ubuntu",
+        (
+            ubuntu("535", "535.183.01", "0ubuntu1", "1"),
+            ubuntu("580", "580.95.05", "0ubuntu1", "0ubuntu1"),
+            ubuntu("580", "580.126.16", "1ubuntu1", "1ubuntu1"),
+        ),
+        ("11.8.0", "12.2.2"),
+        (("8.9.7.29", "11.8"), ("8.9.7.29", "12.2")),
+        (("2.18.5", "12.2"),),
+    ),
+    # From R550 (cuda-drivers-515 unavailable, PR #89) to R580; toolkit 12.5+ seen: 12.6.3 chosen;
+    # no cuDNN 8 (repos-2026.md).
+    "ubuntu2404": CudaDirectoryContents(
+        "ubuntu",
+        (
+            ubuntu("550", "550.144.03", "0ubuntu1", "0ubuntu1"),
+            ubuntu("580", "580.126.16", "1ubuntu1", "1ubuntu1"),
+        ),
+        ("12.6.3",),
+    ),
+    # Debian's names (fabric manager from 495, apt-packaging-fabric-manager#2); toolkit 11.6+
+    # seen. Releases NOT FOUND for this directory: 535.183.01 and 550.90.07 chosen.
+    "debian11": CudaDirectoryContents(
+        "debian",
+        (DriverRelease("535", "535.183.01"), DriverRelease("550", "550.90.07")),
+        ("11.8.0", "12.2.2"),
+    ),
+    # Nothing older than 545.23.06 (apt-cache policy nvidia-driver on debian12:
+    # 545.23.06-1 .. 560.28.03-1, elFarto/nvidia-vaapi-driver#312); cuda-drivers-580
+    # 580.105.08-1 (NVIDIA forum, SOURCES.md §1). Opened with CUDA 12.3
+    # (nvidia-container-toolkit#181).
+    "debian12": CudaDirectoryContents(
+        "debian",
+        (
+            DriverRelease("545", "545.23.08"),
+            DriverRelease("550", "550.90.07"),
+            DriverRelease("580", "580.105.08"),
+        ),
+        ("12.6.3",),
+    ),
+    # New in 2026, without R580 (NVIDIA/cuda-repo-management#38, #40: "the new debian 13 repo do
+    # not have the previous 580 LTS drivers"); R590 releases NOT FOUND by version: 590.44.01
+    # (CUDA 13.1's) and 590.48.01 chosen. Toolkit 13.0+ (repos-2026.md).
+    "debian13": CudaDirectoryContents(
+        "debian",
+        (DriverRelease("590", "590.44.01"), DriverRelease("590", "590.48.01")),
+        ("13.0.0",),
+    ),
+}
+
+
+def cuda_directory_packages(directory: str) -> list[StandinPackage]:
+    contents = CUDA_DIRECTORY_CONTENTS[directory]
+    toolkits = {toolkit.release: toolkit for toolkit in TOOLKIT_RELEASES}
+    packages = [p for r in contents.drivers for p in driver_packages(contents.naming, r)]
+    packages += [p for release in contents.toolkits for p in toolkit_packages(toolkits[release])]
+    packages += [p for build, cuda in contents.cudnn for p in cudnn_packages(build, cuda)]
+    packages += [nccl_package(build, cuda) for build, cuda in contents.nccl]
     return unique_packages(packages)
+
+
+def cuda_repo_packages(directory: str = "ubuntu2004") -> list[StandinPackage]:
+    return cuda_directory_packages(directory)
+
+
+def nvidia_standin_packages(cuda_directory: str) -> list[StandinPackage]:
+    """The directory's CUDA repository packages and the container repository's."""
+    return cuda_directory_packages(cuda_directory) + container_repo_packages()
 
 
 def container_repo_packages() -> list[StandinPackage]:
@@ -813,31 +1235,6 @@ def external_dependencies(packages: list[StandinPackage]) -> list[str]:
     }
     names = {d.split()[0] for p in packages for d in p.depends}
     return sorted(names - own)
-
-
-def linux_headers_package(release: str) -> StandinPackage:
-    """Headers of the running kernel (the hosts share it): what DKMS looks for, nothing more."""
-    numeric = re.match(r"[0-9]+(\.[0-9]+)*", release)
-    if numeric is None:
-        raise ValueError(f"kernel release {release!r} does not start with a version")
-    headers = f"/usr/src/linux-headers-{release}"
-    return StandinPackage(
-        f"linux-headers-{release}",
-        f"{numeric.group()}-1",
-        f"Header files for Linux {release} (stand-in for the running kernel's)",
-        files={
-            f"{headers}/Makefile": text_file(
-                f"# gpufleet stand-in headers of Linux {release}\n"
-                f"KERNELRELEASE = {release}\nkernelrelease:\n\t@echo $(KERNELRELEASE)\n"
-            ),
-            f"{headers}/.config": text_file("CONFIG_MODULES=y\n# CONFIG_MODULE_SIG is not set\n"),
-            f"{headers}/include/config/kernel.release": text_file(f"{release}\n"),
-            f"{headers}/include/generated/utsrelease.h": text_file(
-                f'#define UTS_RELEASE "{release}"\n'
-            ),
-        },
-        symlinks={f"/lib/modules/{release}/build": headers},
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1020,42 +1417,26 @@ def index_flat_repo(repo: Path, key: ArchiveKey, release_fields: dict[str, str])
 # --------------------------------------------------------------------------------------------
 
 
-def sources_digest(*extra: str) -> str:
-    """Digest of this module, its payloads and ``extra``: a cache key that changes with them."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    for path in sorted(PAYLOADS.rglob("*")):
-        if path.is_file():
-            digest.update(str(path.relative_to(PAYLOADS)).encode())
-            digest.update(path.read_bytes())
-    digest.update(repr(extra).encode())
-    return digest.hexdigest()[:16]
+def build_nvidia_part(part: Path, key: ArchiveKey, second_key: ArchiveKey) -> None:
+    """cuda/repos/<directory>/x86_64/ for every CUDA_DIRECTORIES entry and the container repo.
 
-
-def cached_build(target: Path, build: Callable[[Path], None]) -> Path:
-    """Build ``target`` through a temporary sibling renamed into place (atomic), unless present.
-
-    Callers hold the cache lock.
+    Each CUDA directory is signed by its key (``second_key`` for SECOND_KEY_DIRECTORIES) and
+    publishes that key's public file under NVIDIA's name (cuda_key_path).
     """
-    if target.exists():
-        return target
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        build(temporary)
-        temporary.rename(target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return target
-
-
-def build_nvidia_part(part: Path, key: ArchiveKey) -> None:
-    cuda = part / CUDA_REPO_PATH
     container = part / CONTAINER_REPO_PATH
-    build_debs(cuda_repo_packages(), cuda, part / ".scratch")
+    for directory in CUDA_DIRECTORIES:
+        build_debs(
+            cuda_directory_packages(directory), part / cuda_repo_path(directory), part / ".scratch"
+        )
     build_debs(container_repo_packages(), container, part / ".scratch")
     shutil.rmtree(part / ".scratch")
-    # The Release label users pin with (`Pin: release l=NVIDIA CUDA`, repo-packages.md §0).
-    index_flat_repo(cuda, key, {"Origin": "NVIDIA", "Label": "NVIDIA CUDA"})
+    for directory in CUDA_DIRECTORIES:
+        signer = second_key if directory in SECOND_KEY_DIRECTORIES else key
+        # The Release label users pin with (`Pin: release l=NVIDIA CUDA`, repo-packages.md §0).
+        index_flat_repo(
+            part / cuda_repo_path(directory), signer, {"Origin": "NVIDIA", "Label": "NVIDIA CUDA"}
+        )
+        (part / cuda_key_path(directory)).write_bytes(signer.public_key.read_bytes())
     index_flat_repo(container, key, {"Origin": "NVIDIA", "Label": "libnvidia-container"})
     (part / "libnvidia-container" / "gpgkey").write_bytes(key.public_key.read_bytes())
     # The list file NVIDIA's install guide downloads, pointing at this mirror.
@@ -1063,113 +1444,3 @@ def build_nvidia_part(part: Path, key: ArchiveKey) -> None:
         "deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] "
         f"{REPO_URL}libnvidia-container/stable/deb/$(ARCH) /\n"
     )
-
-
-def debian_seed_packages() -> list[str]:
-    """What the Debian subset must hold, with everything these depend on or recommend."""
-    standins = cuda_repo_packages() + container_repo_packages()
-    return [
-        # The host's own base (so versions the stand-ins pull stay consistent with it).
-        "?essential",
-        "?priority(required)",
-        *HOST_PACKAGES,
-        "docker.io",
-        "dkms",
-        *external_dependencies(standins),
-    ]
-
-
-# Kernel images and headers are not mirrored: the hosts share the machine's kernel and get the
-# stand-in headers package instead (so dkms's Recommends on linux-headers-* stay unmet).
-NO_KERNEL_PACKAGES = """\
-Package: linux-image-* linux-headers-*
-Pin: release *
-Pin-Priority: -1
-"""
-
-
-def build_debian_part(suite: str, part: Path, key: ArchiveKey, downloads: Path) -> None:
-    apt = PrivateApt(
-        part.parent / f".apt-{suite}-{os.getpid()}",
-        [f"deb [signed-by={DEBIAN_UPSTREAM_KEYRING}] {DEBIAN_UPSTREAM} {suite} main"],
-        preferences=NO_KERNEL_PACKAGES,
-        archives=downloads,
-    )
-    try:
-        apt.run("update")
-        seeds = debian_seed_packages()
-        wanted = apt.download_uris(*seeds)
-        apt.run("install", "--download-only", "--yes", "--quiet", *seeds)
-    finally:
-        shutil.rmtree(apt.base)
-    repo = part / "debian" / suite
-    repo.mkdir(parents=True)
-    for archive_name, url in wanted.items():
-        # Pool names carry no epoch (apt's archive names do, as %3a); the URL quotes ~ and +.
-        os.link(downloads / archive_name, repo / unquote(url.rsplit("/", 1)[1]))
-    build_debs([linux_headers_package(platform.release())], repo, part / ".scratch")
-    shutil.rmtree(part / ".scratch")
-    index_flat_repo(
-        repo, key, {"Origin": "Debian", "Label": "Debian", "Suite": suite, "Codename": suite}
-    )
-
-
-def link_tree(source: Path, destination: Path) -> None:
-    """Hard-link copy: the tree costs no space beyond its parts."""
-    shutil.copytree(source, destination, copy_function=os.link, dirs_exist_ok=True)
-
-
-def build_repos(cache_dir: Path, suites: list[str]) -> RepoTree:
-    """Build (or reuse) the signed stand-in repositories for ``suites`` under ``cache_dir``.
-
-    Parts are cached by a digest of everything they are built from (this module, the payloads,
-    the key, the suite, the running kernel) and renamed into place only when complete.
-    """
-    cache_dir = cache_dir.resolve()
-    key = ArchiveKey(cache_dir / "gnupg")
-    kernel = platform.release()
-    existing = key.fingerprint
-    if existing is not None:
-        tree = cache_dir / "trees" / sources_digest(existing, kernel, *suites)
-        if tree.exists():
-            return RepoTree(tree, tree / KEY_FILE, existing)
-    with locked(cache_dir / ".lock"):
-        fingerprint = key.ensure()
-        parts = cache_dir / "parts"
-        parts.mkdir(parents=True, exist_ok=True)
-        try:
-            nvidia = cached_build(
-                parts / f"nvidia-{sources_digest(fingerprint)}",
-                lambda part: build_nvidia_part(part, key),
-            )
-            debian = [
-                cached_build(
-                    parts / f"debian-{suite}-{sources_digest(fingerprint, kernel, suite)}",
-                    lambda part, suite=suite: build_debian_part(  # type: ignore[misc]
-                        suite, part, key, cache_dir / "downloads" / suite
-                    ),
-                )
-                for suite in suites
-            ]
-        finally:
-            key.stop_agent()
-
-        def assemble(tree: Path) -> None:
-            for part in (nvidia, *debian):
-                link_tree(part, tree)
-            (tree / KEY_FILE).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(key.public_key, tree / KEY_FILE)
-
-        tree = cached_build(
-            cache_dir / "trees" / sources_digest(fingerprint, kernel, *suites), assemble
-        )
-    # The copy in the tree: readable by apt's sandbox user, unlike the private GNUPGHOME.
-    return RepoTree(tree, tree / KEY_FILE, fingerprint)
-
-
-def default_cache_dir() -> Path:
-    """Where the tests keep built repositories between runs (GPUFLEET_CACHE_DIR overrides)."""
-    configured = os.environ.get("GPUFLEET_CACHE_DIR")
-    if configured:
-        return Path(configured) / "standin-repos"
-    return Path.home() / ".cache" / "gpufleet" / "standin-repos"

@@ -63,6 +63,9 @@ class FakeHost:
     services: dict[str, tuple[bool, bool]] = field(default_factory=dict)
     # `python3 --version` without "Python ", or None without python3
     python3_version: str | None = None
+    # `apt-cache madison` lines for the packages apt's lists offer (none: apt has no lists of
+    # the repositories gpufleet adds)
+    madison: list[str] = field(default_factory=list)
 
     def dpkg_query_lines(self) -> list[str]:
         return [f"{name}\t{version}\t{status}" for name, (version, status) in self.packages.items()]
@@ -102,6 +105,7 @@ class FakeHost:
             "cuda": self.cuda_lines(),
             "packages": self.dpkg_query_lines(),
             "held_packages": [n for n, (_, s) in self.packages.items() if s.startswith("hold ")],
+            "apt_offers": self.madison,
             "docker_daemon_config": self.daemon_json_lines(),
             "python3_version": self.python3_version_lines(),
             "file_digests": self.sha256sum_lines(),
@@ -130,6 +134,8 @@ class FakeHost:
             re.compile(r"systemctl show .*SubState"): self.systemctl_lines("SubState"),
             re.compile(r"systemctl show .*UnitFileState"): self.systemctl_lines("UnitFileState"),
             "python3 --version": self.python3_version_lines(),
+            "cat /etc/os-release": self.os_release.splitlines(),
+            "apt-cache madison": self.madison,
         }
 
 

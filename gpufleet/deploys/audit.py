@@ -19,7 +19,7 @@ from pyinfra.api import deploy, operation
 from gpufleet import fleet_report
 from gpufleet.deploys.verify import expectations_for, verify_host
 from gpufleet.diagnosis import Expectations
-from gpufleet.preflight import settings_or_refusal
+from gpufleet.preflight import planned_driver_version, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS
 
 REPORT_NAME = "fleet-report"
@@ -53,8 +53,12 @@ def audit() -> None:
     settings = settings_or_refusal(host.data)
     if settings is None:
         return
+    driver_version = planned_driver_version(settings)
+    if driver_version is None:
+        return
     verify_host(
         settings=settings,
+        driver_version=driver_version,
         smoke_test=settings.gpu_smoke_test,
         fail_broken=False,
         install_host_test=False,
@@ -62,6 +66,6 @@ def audit() -> None:
     fleet_report_written(
         name="Fleet report",
         results_dir=settings.gpu_results_dir,
-        pins=expectations_for(settings),
+        pins=expectations_for(settings, driver_version),
         _run_once=True,
     )

@@ -32,9 +32,14 @@ from gpufleet.deploys.verify import verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.facts.gpu_users import GpuContainer, container_uses_gpus
-from gpufleet.preflight import keyrings_or_refusal, refuse_host, settings_or_refusal
+from gpufleet.preflight import (
+    offered_packages,
+    plan_or_refusal,
+    refuse_host,
+    settings_or_refusal,
+)
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
-from gpufleet.stack import catalog, compat
+from gpufleet.stack import catalog
 
 logger = logging.getLogger("pyinfra")
 
@@ -75,10 +80,12 @@ class DriverChange:
         )
 
 
-def plan_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -> DriverChange | None:
+def plan_driver_change(
+    driver: catalog.DriverChoice, host_state: GpuHostStateInfo
+) -> DriverChange | None:
     """The host's pending driver change, or None when it runs the pinned driver already."""
     current = installed_driver_version(host_state["packages"])
-    target = settings.nvidia_driver_version
+    target = driver.version
     kernel, smi = host_state["nvidia_kernel"], host_state["nvidia_smi"]
     module_reason = module_change_reason(kernel, smi, target)
     if current in (None, target) and module_reason is None:
@@ -127,12 +134,14 @@ def refusal(change: DriverChange, drain: bool) -> str | None:
     return None
 
 
-def prepare_driver_change(settings: GpuSettings, host_state: GpuHostStateInfo) -> bool:
+def prepare_driver_change(
+    settings: GpuSettings, driver: catalog.DriverChoice, host_state: GpuHostStateInfo
+) -> bool:
     """
     Log the host's pending driver change, then refuse it (the other hosts carry on) or drain
     its GPU containers. Returns whether the deploy may go on.
     """
-    change = plan_driver_change(settings, host_state)
+    change = plan_driver_change(driver, host_state)
     if change is None:
         return True
     host.log_styled(change.summary(), fg="cyan", log_func=logger.info)
@@ -157,24 +166,30 @@ def driver_upgrade() -> None:
     settings = settings_or_refusal(host.data)
     if settings is None:
         return
-    host_state = snapshot.take(packages=list(catalog.DRIVER_PACKAGE_PATTERNS))
-    platform = compat.HostPlatform.from_os_release(host_state["os_release"])
-    problems = compat.check_stack(settings.stack_request, platform)
-    keyrings = keyrings_or_refusal(settings, platform, problems, (CUDA_REPO_NAME,))
-    if keyrings is None:
+    host_state = snapshot.take(
+        packages=list(catalog.DRIVER_PACKAGE_PATTERNS), offered_packages=offered_packages(settings)
+    )
+    planned = plan_or_refusal(settings, host_state, [], (CUDA_REPO_NAME,))
+    if planned is None:
         return
-    if not prepare_driver_change(settings, host_state):
+    plan, keyrings = planned
+    if not prepare_driver_change(settings, plan.driver, host_state):
         return
-    cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
-    install_driver(settings, host_state)
-    verify_host(settings=settings, smoke_test=settings.upgrade_smoke_test)
+    cuda_repository(url=plan.repository_url, keyring=keyrings[CUDA_REPO_NAME])
+    install_driver(settings, plan.driver, host_state)
+    verify_host(
+        settings=settings,
+        driver_version=plan.driver.version,
+        smoke_test=settings.upgrade_smoke_test,
+    )
 
 
-def install_driver(settings: GpuSettings, host_state: GpuHostStateInfo) -> None:
+def install_driver(
+    settings: GpuSettings, driver: catalog.DriverChoice, host_state: GpuHostStateInfo
+) -> None:
     """The pinned driver, on a host read with every branch's driver packages."""
     nvidia_driver(
-        branch=settings.nvidia_driver_branch,
-        version=settings.nvidia_driver_version,
+        driver=driver,
         host_state=host_state,
         reboot_allowed=settings.gpu_reboot_allowed,
         lock_timeout=settings.gpu_apt_lock_timeout,

@@ -31,6 +31,7 @@ from gpufleet.deploys.nvidia_driver import (
     PERSISTENCED_BOOT_LINK,
     PERSISTENCED_DROPIN_PATH,
     PERSISTENCED_SERVICE,
+    UNATTENDED_UPGRADES_PATH,
 )
 from gpufleet.deploys.verify import verify_host
 from gpufleet.facts import snapshot
@@ -38,9 +39,9 @@ from gpufleet.facts.docker import parse_daemon_json
 from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.operations.docker_daemon import DOCKER_SERVICE
 from gpufleet.operations.packages import auth_file, repository_files
-from gpufleet.preflight import keyrings_or_refusal, logger, settings_or_refusal
+from gpufleet.preflight import logger, offered_packages, plan_or_refusal, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
-from gpufleet.stack import catalog, compat, urls
+from gpufleet.stack import catalog, urls
 from gpufleet.stack.daemon_json import (
     DAEMON_JSON_PATH,
     daemon_config_problem,
@@ -49,13 +50,13 @@ from gpufleet.stack.daemon_json import (
     restart_reason,
     restart_refusal,
 )
+from gpufleet.stack.repositories import CUDA_REPOSITORIES
 
 
 def managed_packages(settings: GpuSettings) -> list[str]:
     """Every package gpufleet installs, and every driver branch's, for the one host read."""
     packages = {
         **dict.fromkeys(catalog.DRIVER_PACKAGE_PATTERNS),
-        **catalog.driver_packages(settings.nvidia_driver_branch, settings.nvidia_driver_version),
         catalog.KERNEL_HEADERS_PATTERN: None,
         **catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version),
         **catalog.cudnn_packages(settings.cudnn_version, settings.cuda_version),
@@ -79,17 +80,19 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         auth_file(CONTAINER_REPO_NAME),
         NOUVEAU_BLACKLIST_PATH,
         PERSISTENCED_DROPIN_PATH,
+        UNATTENDED_UPGRADES_PATH,
         *environment_files(settings.cuda_version),
     ]
     cuda_urls = (
         [settings.nvidia_cuda_repo_url]
         if settings.nvidia_cuda_repo_url
-        else [compat.cuda_repo_url(release) for release in compat.CUDA_REPO_RELEASES]
+        else [repository.url for repository in CUDA_REPOSITORIES.values()]
     )
     repository_urls = [settings.nvidia_container_repo_url, *cuda_urls]
     return {
         "packages": managed_packages(settings),
         "repository_locations": sorted(urls.location(url) for url in repository_urls),
+        "offered_packages": offered_packages(settings),
         "daemon_json_path": DAEMON_JSON_PATH,
         "files": sorted(files),
         "symlinks": [PERSISTENCED_BOOT_LINK],
@@ -142,19 +145,20 @@ def gpu_host() -> None:
     if settings is None:
         return
     host_state = snapshot.take(**managed_state(settings))
-    platform = compat.HostPlatform.from_os_release(host_state["os_release"])
-    problems = compat.check_stack(settings.stack_request, platform)
-    problems += docker_problems(settings, host_state)
-    keyrings = keyrings_or_refusal(
-        settings, platform, problems, (CUDA_REPO_NAME, CONTAINER_REPO_NAME)
+    planned = plan_or_refusal(
+        settings,
+        host_state,
+        docker_problems(settings, host_state),
+        (CUDA_REPO_NAME, CONTAINER_REPO_NAME),
     )
-    if keyrings is None:
+    if planned is None:
         return
-    if not prepare_driver_change(settings, host_state):
+    plan, keyrings = planned
+    if not prepare_driver_change(settings, plan.driver, host_state):
         return
 
-    cuda_repository(url=settings.cuda_repo_url(platform), keyring=keyrings[CUDA_REPO_NAME])
-    install_driver(settings, host_state)
+    cuda_repository(url=plan.repository_url, keyring=keyrings[CUDA_REPO_NAME])
+    install_driver(settings, plan.driver, host_state)
     cuda_toolkit(
         cuda_version=settings.cuda_version,
         package_version=settings.cuda_package_version,
@@ -178,4 +182,8 @@ def gpu_host() -> None:
         lock_timeout=settings.gpu_apt_lock_timeout,
     )
     if settings.gpu_verify:
-        verify_host(settings=settings, smoke_test=settings.gpu_smoke_test)
+        verify_host(
+            settings=settings,
+            driver_version=plan.driver.version,
+            smoke_test=settings.gpu_smoke_test,
+        )

@@ -9,7 +9,6 @@ is pinned to the same version.
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import time
 
@@ -39,6 +38,32 @@ NOUVEAU_BLACKLIST = (
     "blacklist nouveau\noptions nouveau modeset=0\n"
 )
 
+# unattended-upgrades upgrading the driver's libraries under the loaded kernel module breaks
+# NVML until a reboot ("Failed to initialize NVML: Driver/library version mismatch"). Holds
+# keep it away too; the blacklist also covers a hold lifted by hand. Its entries are Python
+# regular expressions matched from the start of the name (since 0.70); apt appends the lists
+# of every configuration file.
+UNATTENDED_UPGRADES_PATH = "/etc/apt/apt.conf.d/51gpufleet-unattended-upgrades"
+UNATTENDED_UPGRADES_BLACKLIST = (
+    "// Managed by gpufleet: the NVIDIA driver and the CUDA stack change only when gpufleet\n"
+    "// pins them (a library upgrade under the loaded kernel module breaks NVML).\n"
+    "Unattended-Upgrade::Package-Blacklist {\n"
+    + "".join(
+        f'    "{pattern}";\n'
+        for pattern in (
+            "nvidia-",
+            "libnvidia-",
+            "cuda-",
+            "libcuda1",
+            "libcudnn",
+            "libxnvctrl0",
+            "firmware-nvidia-",
+            "xserver-xorg-video-nvidia",
+        )
+    )
+    + "};\n"
+)
+
 # Ubuntu's unit runs the daemon with --no-persistence-mode, stops when unneeded and has no
 # [Install] section (udev starts it): gpufleet wants persistence mode on and the daemon up at boot.
 PERSISTENCED_DROPIN_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/gpufleet.conf"
@@ -59,21 +84,19 @@ logger = logging.getLogger("pyinfra")
 
 
 def installed_driver_version(packages: dict[str, DebPackageState]) -> str | None:
-    """The upstream version of the installed nvidia-driver-<branch>, None without one."""
+    """The upstream version of the installed driver's libraries, None without a driver."""
     for name, state in sorted(packages.items()):
-        if re.fullmatch(r"nvidia-driver-\d+", name) and state["installed"]:
+        if catalog.DRIVER_LIBRARY.fullmatch(name) and state["installed"]:
             return upstream_version(state["version"])
     return None
 
 
-def replaced_driver_packages(packages: dict[str, DebPackageState], branch: str) -> list[str]:
-    """Installed or held packages of another branch's driver family (a branch change)."""
-    return sorted(
-        name
-        for name, state in packages.items()
-        if (state["installed"] or state["held"])
-        and catalog.driver_family_branch(name) not in (None, branch)
-    )
+def replaced_driver_packages(
+    packages: dict[str, DebPackageState], driver: catalog.DriverChoice
+) -> list[str]:
+    """Installed or held driver packages the pinned driver does not keep (catalog says which)."""
+    present = [name for name, state in packages.items() if state["installed"] or state["held"]]
+    return catalog.replaced_driver_packages(present, driver)
 
 
 def loaded_module_version(kernel: NvidiaKernelInfo, smi: NvidiaSmiInfo | None) -> str | None:
@@ -208,17 +231,15 @@ def activate_driver(version: str, reboot_allowed: bool, host_state: GpuHostState
 
 @deploy("NVIDIA driver")
 def nvidia_driver(
-    branch: str,
-    version: str,
+    driver: catalog.DriverChoice,
     host_state: GpuHostStateInfo,
     reboot_allowed: bool,
     lock_timeout: int,
 ) -> None:
     """
-    + branch: the driver branch, e.g. "470"
-    + version: its exact upstream version, e.g. "470.182.03"
+    + driver: the driver's packages, branch, exact upstream version and module flavour
     + host_state: the host read with every branch's driver packages
-      (catalog.DRIVER_PACKAGE_PATTERNS): another branch's are removed first
+      (catalog.DRIVER_PACKAGE_PATTERNS): those the driver does not keep are removed first
     + reboot_allowed: reboot when the new kernel module cannot be loaded otherwise
     + lock_timeout: seconds to wait for another process's dpkg lock
     """
@@ -230,6 +251,10 @@ def nvidia_driver(
         lock_timeout=lock_timeout,
         hold=False,
     )
+    files.contents(
+        name="unattended-upgrades leaves the NVIDIA stack alone",
+        files={UNATTENDED_UPGRADES_PATH: UNATTENDED_UPGRADES_BLACKLIST},
+    )
     blacklist = files.contents(
         name="Blacklist nouveau",
         files={NOUVEAU_BLACKLIST_PATH: NOUVEAU_BLACKLIST},
@@ -239,12 +264,13 @@ def nvidia_driver(
         commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
         _if=blacklist.did_change,
     )
-    replaced = replaced_driver_packages(host_state["packages"], branch)
+    replaced = replaced_driver_packages(host_state["packages"], driver)
     if replaced:
-        # Two branches' packages ship the same files: the old family goes first. Interrupted
-        # here, the host has no driver and no hold, and the next run installs the new branch.
+        # Interrupted here, the host has no driver and no hold, and the next run installs the
+        # pinned one.
         server.shell(
-            name=f"Remove the driver packages replaced by branch {branch}",
+            name=f"Remove the driver packages R{driver.branch} "
+            f"({driver.kernel_modules.value} modules) replaces",
             commands=[
                 apt.transaction(
                     [
@@ -256,8 +282,8 @@ def nvidia_driver(
             ],
         )
     apt.pinned_packages(
-        name=f"NVIDIA driver {version} (pinned, held)",
-        packages=catalog.driver_packages(branch, version),
+        name=f"NVIDIA driver {driver.version} (pinned, held)",
+        packages=catalog.driver_packages(driver),
         lock_timeout=lock_timeout,
     )
     persistenced = files.contents(
@@ -276,4 +302,4 @@ def nvidia_driver(
         unit=PERSISTENCED_SERVICE,
         argument=PERSISTENCE_MODE,
     )
-    activate_driver(version=version, reboot_allowed=reboot_allowed, host_state=host_state)
+    activate_driver(version=driver.version, reboot_allowed=reboot_allowed, host_state=host_state)

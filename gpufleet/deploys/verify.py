@@ -41,7 +41,7 @@ from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import Python3Version
 from gpufleet.facts.verify import VerificationEvidence, VerificationEvidenceInfo
 from gpufleet.operations import packages as apt
-from gpufleet.preflight import refuse_host, settings_or_refusal
+from gpufleet.preflight import planned_driver_version, refuse_host, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack.catalog import HOST_TEST_PACKAGES
 
@@ -51,9 +51,9 @@ HOST_TENSORFLOW_PYTHON = f"{HOST_TENSORFLOW_VENV}/bin/python"
 HOST_TENSORFLOW_PYTHONS = ((3, 7), (3, 10))
 
 
-def expectations_for(settings: GpuSettings) -> Expectations:
+def expectations_for(settings: GpuSettings, driver_version: str) -> Expectations:
     return Expectations(
-        driver_version=settings.nvidia_driver_version,
+        driver_version=driver_version,
         cuda_version=settings.cuda_version,
         cudnn_version=settings.cudnn_version,
         expected_gpu_count=settings.gpu_expected_count,
@@ -196,12 +196,18 @@ def verify() -> None:
     settings = settings_or_refusal(host.data)
     if settings is None:
         return
-    verify_host(settings=settings, smoke_test=settings.gpu_smoke_test)
+    driver_version = planned_driver_version(settings)
+    if driver_version is None:
+        return
+    verify_host(
+        settings=settings, driver_version=driver_version, smoke_test=settings.gpu_smoke_test
+    )
 
 
 @deploy("Verify GPU host")
 def verify_host(
     settings: GpuSettings,
+    driver_version: str,
     smoke_test: bool,
     fail_broken: bool = True,
     install_host_test: bool = True,
@@ -211,6 +217,7 @@ def verify_host(
     driver_upgrade).
 
     + settings: the fleet's settings
+    + driver_version: the driver the host's plan pins
     + smoke_test: run the TensorFlow smoke test (the framework layer)
     + fail_broken: fail a broken host (False: report it only)
     + install_host_test: with ``tensorflow_host_test``, install its virtualenv when missing
@@ -228,7 +235,7 @@ def verify_host(
     layers = "hardware to framework" if smoke_test else "hardware to container runtime"
     verified(
         name=f"Verify the GPU stack, {layers}",
-        expectations=expectations_for(settings),
+        expectations=expectations_for(settings, driver_version),
         results_dir=settings.gpu_results_dir,
         smoke_test=smoke_test,
         host_python=host_python,

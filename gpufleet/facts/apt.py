@@ -1,5 +1,5 @@
 """
-Facts about Debian packages: installed versions and holds.
+Facts about Debian packages: installed versions, holds, apt's sources and what apt offers.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import shlex
 from typing import TypedDict
 
 from pyinfra.api import FactBase
+
+from gpufleet.stack.compat import AptOffer
 
 
 class DebPackageState(TypedDict):
@@ -124,3 +126,40 @@ class AptSourceFiles(FactBase[dict[str, list[str]]]):
 
     def process(self, output: list[str]) -> dict[str, list[str]]:
         return parse_source_files(output)
+
+
+def parse_madison(output: list[str]) -> dict[str, list[AptOffer]]:
+    """
+    Parse ``apt-cache madison`` lines, ``name | version | URL suite/component arch Packages``
+    (a flat repository has no suite: ``URL  Packages``), into each name's offers. The dpkg
+    status line (``/var/lib/dpkg/status``), printed for installed versions no index has, is no
+    offer.
+    """
+    offers: dict[str, list[AptOffer]] = {}
+    for line in output:
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) != 3 or not fields[2]:
+            continue
+        name, version, index = fields
+        source = index.split()[0]
+        if "://" in source:
+            offers.setdefault(name, []).append({"version": version, "source": source})
+    return offers
+
+
+class AptOffers(FactBase[dict[str, list[AptOffer]]]):
+    """
+    Returns, per package of ``packages``, the versions apt's package lists offer and from which
+    index; names no list has are left out.
+    """
+
+    default = dict
+
+    def command(self, packages: list[str]) -> str:
+        if not packages:
+            return "true"
+        names = " ".join(shlex.quote(package) for package in packages)
+        return f"apt-cache madison -- {names} 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> dict[str, list[AptOffer]]:
+        return parse_madison(output)

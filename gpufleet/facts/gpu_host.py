@@ -14,7 +14,14 @@ from pyinfra.api import FactBase
 from pyinfra.facts.server import KernelVersion
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from gpufleet.facts.apt import AptSourceFiles, DebPackageState, DebPackageStates, HeldPackages
+from gpufleet.facts.apt import (
+    AptOffer,
+    AptOffers,
+    AptSourceFiles,
+    DebPackageState,
+    DebPackageStates,
+    HeldPackages,
+)
 from gpufleet.facts.cuda import CudaToolkits, CudaToolkitsInfo
 from gpufleet.facts.cudnn import CudnnVersion
 from gpufleet.facts.docker import (
@@ -134,6 +141,7 @@ class GpuHostStateInfo(TypedDict):
     packages: dict[str, DebPackageState]
     held_packages: list[str]
     apt_source_files: dict[str, list[str]]
+    apt_offers: dict[str, list[AptOffer]]
     docker_daemon_config: DockerDaemonConfigInfo
     docker_info: DockerInfoData | None
     dockerd_installed: bool
@@ -158,6 +166,7 @@ SECTION_FACTS: dict[str, FactBase] = {
     "packages": DebPackageStates(),
     "held_packages": HeldPackages(),
     "apt_source_files": AptSourceFiles(),
+    "apt_offers": AptOffers(),
     "docker_daemon_config": DockerDaemonConfig(),
     "docker_info": DockerInfo(),
     "dockerd_installed": CommandInstalled(),
@@ -174,6 +183,7 @@ SECTION_FACTS: dict[str, FactBase] = {
 def section_arguments(
     packages: Sequence[str],
     repository_locations: Sequence[str],
+    offered_packages: Sequence[str],
     daemon_json_path: str,
     files: Sequence[str],
     symlinks: Sequence[str],
@@ -183,6 +193,7 @@ def section_arguments(
     arguments: dict[str, dict[str, Any]] = {
         "packages": {"packages": list(packages)},
         "apt_source_files": {"locations": list(repository_locations)},
+        "apt_offers": {"packages": list(offered_packages)},
         "docker_daemon_config": {"path": daemon_json_path},
         "dockerd_installed": {"command_name": "dockerd"},
         "file_digests": {"paths": list(files)},
@@ -212,7 +223,8 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     """
     Returns, in one round trip, what the individual facts return: os_release, kernel_release,
     nvidia_smi, nvidia_kernel, cuda, cudnn_version, packages (DebPackageStates of ``packages``),
-    held_packages, apt_source_files (AptSourceFiles of ``repository_locations``),
+    held_packages, apt_source_files (AptSourceFiles of ``repository_locations``), apt_offers
+    (AptOffers of ``offered_packages``),
     docker_daemon_config, docker_info, dockerd_installed, python3_version,
     gpu_users, file_digests (FileDigests of ``files``), symlink_targets (SymlinkTargets of
     ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
@@ -227,6 +239,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
         self,
         packages: Sequence[str],
         repository_locations: Sequence[str] = (),
+        offered_packages: Sequence[str] = (),
         daemon_json_path: str = "/etc/docker/daemon.json",
         files: Sequence[str] = (),
         symlinks: Sequence[str] = (),
@@ -236,6 +249,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
             section_commands(
                 packages=packages,
                 repository_locations=repository_locations,
+                offered_packages=offered_packages,
                 daemon_json_path=daemon_json_path,
                 files=files,
                 symlinks=symlinks,

@@ -3,43 +3,211 @@ The packages of each component and the apt version patterns that pin them, as NV
 libnvidia-container repositories and the OS archive name them.
 
 Each function takes the component's version and returns ``{package: apt version pattern}``
-(None: any version), the shape apt.pinned_packages installs and holds. Package names that
-differ between OS releases would enter here, as an argument of these functions.
+(None: any version), the shape apt.pinned_packages installs and holds. The driver's names differ
+between NVIDIA's Ubuntu and Debian repositories (repositories.DriverNaming) and with the kernel
+module flavour and the headless choice: a DriverChoice carries all of it. Sources: SOURCES.md.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from enum import Enum
 
+from gpufleet.stack.repositories import DriverNaming
 from gpufleet.stack.versions import CudnnPin, any_revision
 
-# The driver family of one branch, as NVIDIA's Ubuntu driver packages name it.
-DRIVER_PACKAGE_FAMILY = (
-    "cuda-drivers-{branch}",
-    "nvidia-driver-{branch}",
-    "nvidia-dkms-{branch}",
+
+class KernelModules(str, Enum):
+    OPEN = "open"
+    PROPRIETARY = "proprietary"
+
+
+@dataclass(frozen=True)
+class DriverChoice:
+    """The driver a host gets: which packages, of which branch, at which exact version."""
+
+    naming: DriverNaming
+    branch: str
+    version: str
+    kernel_modules: KernelModules
+    # Without the X server and graphics libraries: what a training server needs.
+    headless: bool
+
+
+# A driver branch's packages as NVIDIA's Ubuntu repositories name them (Canonical's packaging):
+# what the kernel module flavour and the headless/full choice select, and the branch-less
+# companions each release ships alongside (pinned too, or they float to the newest release).
+UBUNTU_KERNEL_PACKAGES = ("nvidia-dkms-{branch}{open}", "nvidia-kernel-source-{branch}{open}")
+UBUNTU_HEADLESS_PACKAGES = (
+    "nvidia-headless-{branch}{open}",
+    "nvidia-headless-no-dkms-{branch}{open}",
     "nvidia-kernel-common-{branch}",
-    "nvidia-kernel-source-{branch}",
-    "nvidia-utils-{branch}",
-    "nvidia-compute-utils-{branch}",
     "libnvidia-compute-{branch}",
-    "libnvidia-gl-{branch}",
+    "nvidia-compute-utils-{branch}",
+    "libnvidia-cfg1-{branch}",
+    "nvidia-utils-{branch}",
     "libnvidia-common-{branch}",
-    "libnvidia-extra-{branch}",
     "libnvidia-decode-{branch}",
     "libnvidia-encode-{branch}",
-    "libnvidia-cfg1-{branch}",
-    "libnvidia-ifr1-{branch}",
+    "libnvidia-extra-{branch}",
+)
+UBUNTU_FULL_PACKAGES = (
+    "nvidia-driver-{branch}{open}",
+    "libnvidia-gl-{branch}",
     "libnvidia-fbc1-{branch}",
     "xserver-xorg-video-nvidia-{branch}",
 )
+# cuda-drivers-<branch> depends on the proprietary nvidia-driver-<branch>.
+UBUNTU_PROPRIETARY_FULL_PACKAGES = ("cuda-drivers-{branch}",)
 # NvIFR (libnvidia-ifr1-<branch>) was dropped from the driver in R495.
+UBUNTU_IFR_PACKAGES = ("libnvidia-ifr1-{branch}",)
 LAST_BRANCH_WITH_IFR = 470
-# Every installed driver branch, whatever the pin: a glob per family member for dpkg-query.
-DRIVER_PACKAGE_PATTERNS = tuple(name.format(branch="[0-9]*") for name in DRIVER_PACKAGE_FAMILY)
-_DRIVER_FAMILY_MEMBER = re.compile(
-    "|".join(re.escape(name).replace(r"\{branch\}", r"(\d+)") for name in DRIVER_PACKAGE_FAMILY)
+UBUNTU_COMPANIONS = ("nvidia-modprobe",)
+UBUNTU_FULL_COMPANIONS = ("nvidia-settings", "libxnvctrl0")
+
+# Debian's packaging (NVIDIA's debian11/12/13 repositories): one name per role, the branch
+# only in the version. Compute-only is nvidia-driver-cuda; nvidia-driver adds the X driver.
+DEBIAN_KERNEL_PACKAGES = {
+    "open": ("nvidia-kernel-open-dkms",),
+    "proprietary": ("nvidia-kernel-dkms",),
+}
+DEBIAN_HEADLESS_PACKAGES = (
+    "nvidia-driver-cuda",
+    "nvidia-kernel-support",
+    "nvidia-alternative",
+    "libcuda1",
+    "libnvidia-ml1",
+    "libnvidia-cfg1",
+    "nvidia-smi",
+    "nvidia-persistenced",
+    "nvidia-modprobe",
+    "firmware-nvidia-gsp",
 )
+DEBIAN_FULL_PACKAGES = (
+    "nvidia-driver",
+    "nvidia-driver-libs",
+    "nvidia-driver-bin",
+    "nvidia-vdpau-driver",
+    "xserver-xorg-video-nvidia",
+    "nvidia-settings",
+)
+# The open kernel modules exist from R515; firmware-nvidia-gsp (GSP firmware) from R510 (NOT
+# FOUND exactly: R525 chosen, the first Debian-named branch the sources list with it).
+FIRST_OPEN_MODULES_BRANCH = 515
+FIRST_DEBIAN_GSP_FIRMWARE_BRANCH = 525
+
+
+def _ubuntu_driver_names(choice: DriverChoice) -> list[str]:
+    flavour = "-open" if choice.kernel_modules is KernelModules.OPEN else ""
+    names = [*UBUNTU_KERNEL_PACKAGES, *UBUNTU_HEADLESS_PACKAGES, *UBUNTU_COMPANIONS]
+    if not choice.headless:
+        names += [*UBUNTU_FULL_PACKAGES, *UBUNTU_FULL_COMPANIONS]
+        if flavour == "":
+            names += UBUNTU_PROPRIETARY_FULL_PACKAGES
+        if int(choice.branch) <= LAST_BRANCH_WITH_IFR:
+            names += UBUNTU_IFR_PACKAGES
+    return [name.format(branch=choice.branch, open=flavour) for name in names]
+
+
+def _debian_driver_names(choice: DriverChoice) -> list[str]:
+    names = [*DEBIAN_KERNEL_PACKAGES[choice.kernel_modules.value], *DEBIAN_HEADLESS_PACKAGES]
+    if int(choice.branch) < FIRST_DEBIAN_GSP_FIRMWARE_BRANCH:
+        names.remove("firmware-nvidia-gsp")
+    if not choice.headless:
+        names += DEBIAN_FULL_PACKAGES
+    return names
+
+
+def driver_packages(choice: DriverChoice) -> dict[str, str | None]:
+    """Every package of the chosen driver, pinned to one upstream version (any revision)."""
+    names = (
+        _ubuntu_driver_names(choice)
+        if choice.naming is DriverNaming.UBUNTU
+        else _debian_driver_names(choice)
+    )
+    return {name: any_revision(choice.version) for name in sorted(names)}
+
+
+# Every driver package of every branch and flavour, for the host read: dpkg-query globs.
+_UBUNTU_NAMES = (
+    *UBUNTU_KERNEL_PACKAGES,
+    *UBUNTU_HEADLESS_PACKAGES,
+    *UBUNTU_FULL_PACKAGES,
+    *UBUNTU_PROPRIETARY_FULL_PACKAGES,
+    *UBUNTU_IFR_PACKAGES,
+)
+_DEBIAN_NAMES = (
+    *(name for names in DEBIAN_KERNEL_PACKAGES.values() for name in names),
+    *DEBIAN_HEADLESS_PACKAGES,
+    *DEBIAN_FULL_PACKAGES,
+)
+# Canonical's own builds of a branch are other driver families to gpufleet: its -server
+# families (nvidia-utils-535-server, ...; the globs above match them) and its precompiled,
+# signed kernel modules (linux-modules-nvidia-535-server-open-generic, ...).
+CANONICAL_MODULE_PATTERNS = (
+    "linux-modules-nvidia-[0-9]*",
+    "linux-objects-nvidia-[0-9]*",
+    "linux-signatures-nvidia-[0-9]*",
+)
+DRIVER_PACKAGE_PATTERNS = tuple(
+    sorted(
+        {
+            # The branch's glob also matches the -open and -server names.
+            *(name.format(branch="[0-9]*", open="") for name in _UBUNTU_NAMES),
+            *CANONICAL_MODULE_PATTERNS,
+            *UBUNTU_COMPANIONS,
+            *UBUNTU_FULL_COMPANIONS,
+            *_DEBIAN_NAMES,
+        }
+    )
+)
+_UBUNTU_FAMILY_MEMBER = re.compile(
+    "|".join(
+        [
+            re.escape(name)
+            .replace(r"\{branch\}", r"(\d+)(?:-server)?")
+            .replace(r"\{open\}", "(?:-open)?")
+            for name in _UBUNTU_NAMES
+        ]
+        + [r"linux-(?:modules|objects|signatures)-nvidia-(\d+)-.+"]
+    )
+)
+
+
+def driver_family_branch(package: str) -> str | None:
+    """The branch of an Ubuntu-named driver package, NVIDIA's or Canonical's (nvidia-utils-470,
+    nvidia-utils-470-server, linux-modules-nvidia-470-generic -> 470), None for others."""
+    member = _UBUNTU_FAMILY_MEMBER.fullmatch(package)
+    return next(branch for branch in member.groups() if branch) if member else None
+
+
+# The driver's compute library, in every choice of packages: its version is the driver's.
+DRIVER_LIBRARY = re.compile(r"libnvidia-compute-\d+|libcuda1")
+
+
+# Shipped beside every release without the branch in their names: their pins move them, and
+# nothing replaces them.
+COMPANIONS = frozenset({*UBUNTU_COMPANIONS, *UBUNTU_FULL_COMPANIONS})
+
+
+def is_driver_package(name: str) -> bool:
+    """A package of some driver branch or flavour (the companions aside)."""
+    return driver_family_branch(name) is not None or (
+        name in _DEBIAN_NAMES and name not in COMPANIONS
+    )
+
+
+def replaced_driver_packages(installed: list[str], choice: DriverChoice) -> list[str]:
+    """
+    The installed driver packages the choice does not keep: another branch's, the other kernel
+    module flavour's (they conflict), the graphics part when going headless. Two branches'
+    packages ship the same files, so these go before the new ones come.
+    """
+    wanted = driver_packages(choice)
+    return sorted(name for name in installed if is_driver_package(name) and name not in wanted)
+
+
 # Every versioned kernel's headers package: the running kernel's is among them.
 KERNEL_HEADERS_PATTERN = "linux-headers-[0-9]*"
 
@@ -60,21 +228,6 @@ DOCKER_PACKAGE = "docker.io"
 
 # What the host TensorFlow test's virtualenv needs.
 HOST_TEST_PACKAGES = ("python3-venv",)
-
-
-def driver_packages(branch: str, version: str) -> dict[str, str | None]:
-    """Every package of the branch's family, pinned to one upstream version (any revision)."""
-    return {
-        name.format(branch=branch): any_revision(version)
-        for name in DRIVER_PACKAGE_FAMILY
-        if name != "libnvidia-ifr1-{branch}" or int(branch) <= LAST_BRANCH_WITH_IFR
-    }
-
-
-def driver_family_branch(package: str) -> str | None:
-    """The branch of a driver family package (nvidia-utils-470 -> 470), None for others."""
-    member = _DRIVER_FAMILY_MEMBER.fullmatch(package)
-    return next(branch for branch in member.groups() if branch) if member else None
 
 
 def kernel_headers_package(kernel_release: str) -> str:

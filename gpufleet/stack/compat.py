@@ -11,11 +11,28 @@ NVIDIA's repository listings, TensorFlow's tested build configurations.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TypedDict
 
 from packaging.version import InvalidVersion, Version
 
-from gpufleet.stack.catalog import cuda_package_name
+from gpufleet.stack import urls
+from gpufleet.stack.catalog import (
+    FIRST_OPEN_MODULES_BRANCH,
+    DriverChoice,
+    KernelModules,
+    cuda_package_name,
+)
+from gpufleet.stack.repositories import (
+    CUDA_REPOSITORIES,
+    KEY_3BF863CC,
+    CudaRepository,
+    DriverNaming,
+    repository_named_in,
+    repository_of,
+)
 from gpufleet.stack.versions import CudnnPin, major_minor
 
 # Toolkit release -> the driver it needs in the usual pairing (Linux, from the CUDA release notes).
@@ -78,52 +95,27 @@ TENSORFLOW_STACKS: dict[str, TensorflowStack] = {
     "2.12": TensorflowStack("11.8", "8.6", "3.8", "3.11"),
 }
 
-# NVIDIA's CUDA apt repository directory per OS release, and the CUDA releases it carries.
-CUDA_REPO_RELEASES: dict[str, tuple[str, ...]] = {
-    "ubuntu1804": (
-        "10.0",
-        "10.1",
-        "10.2",
-        "11.0",
-        "11.1",
-        "11.2",
-        "11.3",
-        "11.4",
-        "11.5",
-        "11.6",
-        "11.7",
-        "11.8",
-        "12.0",
-        "12.1",
-        "12.2",
-    ),
-    "ubuntu2004": (
-        "11.0",
-        "11.1",
-        "11.2",
-        "11.3",
-        "11.4",
-        "11.5",
-        "11.6",
-        "11.7",
-        "11.8",
-        "12.0",
-        "12.1",
-        "12.2",
-    ),
-    "ubuntu2204": ("11.7", "11.8", "12.0", "12.1", "12.2"),
-    "debian11": ("11.4", "11.5", "11.6", "11.7", "11.8", "12.0", "12.1", "12.2"),
-    "debian12": ("12.2",),
-}
-
+# The OS releases gpufleet provisions: those NVIDIA has a CUDA repository for.
 SUPPORTED_OS: dict[str, tuple[str, ...]] = {
-    "ubuntu": ("20.04", "22.04"),
-    "debian": ("11", "12"),
+    "ubuntu": ("20.04", "22.04", "24.04"),
+    "debian": ("11", "12", "13"),
 }
 
-NVIDIA_CUDA_REPO_BASE = "https://developer.download.nvidia.com/compute/cuda/repos"
-# The 2022 CUDA repository key (3bf863cc) that replaced the withdrawn 7fa2af80.
-NVIDIA_CUDA_KEY_FINGERPRINT = "EB693B3035CD5710E231E123A4B469963BF863CC"
+# The driver gpufleet installs unless told otherwise: R580, the long-term branch (supported to
+# June 2028; it drives Maxwell to Blackwell and runs CUDA 11.x applications), where the host's
+# repository carries it, else the newest branch it carries that gpufleet pins a release of.
+DEFAULT_DRIVER_BRANCH = "580"
+# gpufleet's exact release per branch: what nvidia_driver_version defaults to (SOURCES.md).
+DRIVER_RELEASES: dict[str, str] = {
+    "470": "470.182.03",
+    "535": "535.183.01",
+    "580": "580.159.04",
+}
+# From this branch NVIDIA makes the open kernel modules the default (Turing and newer GPUs).
+OPEN_MODULES_DEFAULT_BRANCH = 560
+# From this branch NVIDIA's Ubuntu packages drop the branch from their names: not catalogued yet.
+FIRST_UNSUFFIXED_UBUNTU_BRANCH = 590
+
 NVIDIA_CONTAINER_REPO_URL = "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)/"
 NVIDIA_CONTAINER_KEY_URL = "https://nvidia.github.io/libnvidia-container/gpgkey"
 NVIDIA_CONTAINER_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
@@ -140,8 +132,10 @@ CONTAINER_TOOLKIT_VERSION = re.compile(r"1\.\d+\.\d+(~rc\.\d+)?")
 class StackRequest:
     """The inventory's wishes, as plain values (read from host.data by the deploy layer)."""
 
-    nvidia_driver_branch: str
-    nvidia_driver_version: str
+    nvidia_driver_branch: str | None
+    nvidia_driver_version: str | None
+    nvidia_kernel_modules: KernelModules | None
+    nvidia_driver_headless: bool
     cuda_version: str
     cuda_package_version: str
     cudnn_version: str
@@ -164,8 +158,9 @@ class HostPlatform:
         )
 
     @property
-    def cuda_repo_release(self) -> str:
-        return f"{self.os_id}{self.os_version_id.replace('.', '')}"
+    def naming(self) -> DriverNaming:
+        """How NVIDIA's repository for this OS names the driver packages."""
+        return DriverNaming.DEBIAN if self.os_id == "debian" else DriverNaming.UBUNTU
 
 
 def _version(value: str) -> Version | None:
@@ -185,25 +180,108 @@ def tensorflow_version_of_image(image: str) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
-def cuda_repo_url(release: str) -> str:
-    """NVIDIA's CUDA repository for an OS release directory, e.g. ubuntu2004."""
-    return f"{NVIDIA_CUDA_REPO_BASE}/{release}/x86_64/"
+@dataclass(frozen=True)
+class StackPlan:
+    """What the host gets: its CUDA repository (None: a mirror gpufleet knows nothing of) and
+    the driver chosen for it."""
+
+    repository: CudaRepository | None
+    repository_url: str
+    driver: DriverChoice
 
 
-def check_stack(request: StackRequest, platform: HostPlatform) -> list[str]:
-    """Every problem with the requested stack on this host, each naming its data key."""
-    problems: list[str] = []
-    problems += _check_os(platform)
-    problems += _check_driver(request)
+def host_repository(request: StackRequest, platform: HostPlatform) -> CudaRepository | None:
+    """NVIDIA's repository for the host, or the one a mirror's URL names (None for neither)."""
+    if request.nvidia_cuda_repo_url:
+        return repository_named_in(request.nvidia_cuda_repo_url)
+    return repository_of(platform.os_id, platform.os_version_id)
+
+
+def default_driver_branch(repository: CudaRepository | None) -> str:
+    if repository is None or DEFAULT_DRIVER_BRANCH in repository.driver_branches:
+        return DEFAULT_DRIVER_BRANCH
+    pinned = [branch for branch in repository.driver_branches if branch in DRIVER_RELEASES]
+    return pinned[-1] if pinned else DEFAULT_DRIVER_BRANCH
+
+
+def plan_stack(request: StackRequest, platform: HostPlatform) -> tuple[StackPlan | None, list[str]]:
+    """The host's plan, or None with every problem of the request on this host, each naming
+    its data key, the value and what would work."""
+    problems = _check_os(platform)
+    if problems:
+        return None, problems
+    repository = host_repository(request, platform)
+    driver, problems = _choose_driver(request, platform, repository)
     cuda_problems = _check_cuda(request)
     problems += cuda_problems
     if not cuda_problems:
-        problems += _check_driver_for_cuda(request)
+        if driver is not None:
+            problems += _check_driver_for_cuda(request, driver.version)
         problems += _check_cudnn(request)
         problems += _check_tensorflow(request)
-        problems += _check_repo(request, platform)
+        problems += _check_repository(request, repository)
     problems += _check_container_toolkit(request)
-    return problems
+    if problems or driver is None:
+        return None, problems
+    url = request.nvidia_cuda_repo_url or (repository.url if repository else "")
+    return StackPlan(repository, url, driver), []
+
+
+def _choose_driver(
+    request: StackRequest, platform: HostPlatform, repository: CudaRepository | None
+) -> tuple[DriverChoice | None, list[str]]:
+    branch, version = request.nvidia_driver_branch, request.nvidia_driver_version
+    if branch is None:
+        branch = version.split(".")[0] if version else default_driver_branch(repository)
+    if version is None:
+        version = DRIVER_RELEASES.get(branch)
+        if version is None:
+            return None, [
+                f"nvidia_driver_version is not set and gpufleet pins no release of "
+                f"nvidia_driver_branch = {branch!r}; set nvidia_driver_version to an exact "
+                f"{branch} release, or use a branch gpufleet pins: {', '.join(DRIVER_RELEASES)}"
+            ]
+    problems = _check_driver(branch, version)
+    if problems:
+        return None, problems
+    naming = repository.naming if repository else platform.naming
+    where = f"NVIDIA's {repository.directory} repository" if repository else ""
+    if repository and branch not in repository.driver_branches:
+        pinned = [b for b in DRIVER_RELEASES if b in repository.driver_branches]
+        setting = (
+            f"nvidia_driver_branch = {branch!r}"
+            if request.nvidia_driver_branch
+            else f"nvidia_driver_branch (default {branch!r})"
+        )
+        fix = (
+            f"set nvidia_driver_branch to one gpufleet pins a release of: {', '.join(pinned)}"
+            if pinned
+            else "gpufleet pins a release of none of them: set nvidia_driver_branch and "
+            "nvidia_driver_version to one of their releases"
+        )
+        problems.append(
+            f"{setting}: {where} has no R{branch} driver packages; it carries "
+            f"{', '.join(repository.driver_branches)}: {fix}"
+        )
+    if naming is DriverNaming.UBUNTU and int(branch) >= FIRST_UNSUFFIXED_UBUNTU_BRANCH:
+        problems.append(
+            f"nvidia_driver_branch = {branch!r}: from R{FIRST_UNSUFFIXED_UBUNTU_BRANCH} "
+            "NVIDIA's Ubuntu packages drop the branch from their names, which gpufleet does not "
+            f"install yet; use {DEFAULT_DRIVER_BRANCH}"
+        )
+    modules = request.nvidia_kernel_modules or (
+        KernelModules.OPEN
+        if int(branch) >= OPEN_MODULES_DEFAULT_BRANCH
+        else KernelModules.PROPRIETARY
+    )
+    if modules is KernelModules.OPEN and int(branch) < FIRST_OPEN_MODULES_BRANCH:
+        problems.append(
+            f"nvidia_kernel_modules = 'open': R{branch} has no open kernel modules (they start "
+            f"with R{FIRST_OPEN_MODULES_BRANCH}); set it to 'proprietary' or use a newer branch"
+        )
+    if problems:
+        return None, problems
+    return DriverChoice(naming, branch, version, modules, request.nvidia_driver_headless), []
 
 
 def _check_os(platform: HostPlatform) -> list[str]:
@@ -217,14 +295,13 @@ def _check_os(platform: HostPlatform) -> list[str]:
     return []
 
 
-def _check_driver(request: StackRequest) -> list[str]:
-    branch, version = request.nvidia_driver_branch, request.nvidia_driver_version
+def _check_driver(branch: str, version: str) -> list[str]:
     if not DRIVER_BRANCH.fullmatch(branch):
-        return [f"nvidia_driver_branch = {branch!r} is not a driver branch; use e.g. '470'"]
+        return [f"nvidia_driver_branch = {branch!r} is not a driver branch; use e.g. '580'"]
     if not DRIVER_VERSION.fullmatch(version):
         return [
             f"nvidia_driver_version = {version!r} is not a driver version; "
-            "use the full upstream version, e.g. '470.182.03'"
+            "use the full upstream version, e.g. '580.126.16'"
         ]
     if version.split(".")[0] != branch:
         return [
@@ -250,15 +327,15 @@ def _check_cuda(request: StackRequest) -> list[str]:
     return []
 
 
-def _check_driver_for_cuda(request: StackRequest) -> list[str]:
-    driver = _version(request.nvidia_driver_version)
+def _check_driver_for_cuda(request: StackRequest, driver_version: str) -> list[str]:
+    driver = _version(driver_version)
     if driver is None:
         return []  # already reported by _check_driver
     usual = CUDA_RELEASE_MIN_DRIVER[request.cuda_package_version]
     compat = MINOR_VERSION_COMPAT_MIN_DRIVER[request.cuda_version.split(".")[0]]
     if driver < Version(compat):
         return [
-            f"nvidia_driver_version = {request.nvidia_driver_version!r} is too old for CUDA "
+            f"nvidia_driver_version = {driver_version!r} is too old for CUDA "
             f"{request.cuda_package_version}: it needs driver >= {usual} (or >= {compat} under "
             f"CUDA minor-version compatibility); pin a driver at or above {usual}"
         ]
@@ -317,20 +394,40 @@ def python_fits_tensorflow(python_version: str, tf_version: str) -> bool:
     return Version(stack.python_min) <= python <= Version(stack.python_max)
 
 
-def _check_repo(request: StackRequest, platform: HostPlatform) -> list[str]:
-    if request.nvidia_cuda_repo_url:
-        return []  # an explicit mirror is trusted to carry the packages whatever the OS
-    release = platform.cuda_repo_release
-    carried = CUDA_REPO_RELEASES.get(release, ())
-    if request.cuda_version in carried:
+def _check_repository(request: StackRequest, repository: CudaRepository | None) -> list[str]:
+    """What the host's NVIDIA repository cannot provide (a mirror of no known directory: the
+    host's apt tells, see check_offers)."""
+    if repository is None:
         return []
-    where = [r for r, cudas in CUDA_REPO_RELEASES.items() if request.cuda_version in cudas]
-    return [
-        f"nvidia_cuda_repo_url is not set and NVIDIA's {release} repository does not carry CUDA "
-        f"{request.cuda_version} (it is published for {', '.join(where) or 'no supported OS'}); "
-        f"set nvidia_cuda_repo_url to a mirror that carries "
-        f"{cuda_package_name(request.cuda_version)}, or use an OS from that list"
-    ]
+    if request.cuda_version not in repository.cuda_releases:
+        where = [
+            r.directory
+            for r in CUDA_REPOSITORIES.values()
+            if request.cuda_version in r.cuda_releases
+        ]
+        return [
+            f"cuda_version = {request.cuda_version!r}: NVIDIA's {repository.directory} repository "
+            f"has no {cuda_package_name(request.cuda_version)} (it carries CUDA "
+            f"{repository.cuda_releases[0]} to {repository.cuda_releases[-1]}); CUDA "
+            f"{request.cuda_version} is published for {', '.join(where) or 'no supported OS'}: "
+            "use such a host, or set nvidia_cuda_repo_url to a mirror of one of those "
+            "repositories (NVIDIA's CUDA runfile, for the other OS releases, is not in gpufleet "
+            "yet)"
+        ]
+    if request.cuda_version not in repository.cudnn8_cuda_builds:
+        return [
+            f"cudnn_version = {request.cudnn_version!r}: NVIDIA's {repository.directory} "
+            f"repository has no libcudnn8 build for CUDA {request.cuda_version}"
+        ]
+    return []
+
+
+def repository_key_fingerprint(repository: CudaRepository | None) -> str:
+    return (repository.key if repository else KEY_3BF863CC).fingerprint
+
+
+def repository_key_url(repository_url: str, repository: CudaRepository | None) -> str:
+    return repository_url + (repository.key if repository else KEY_3BF863CC).file_name
 
 
 def _check_container_toolkit(request: StackRequest) -> list[str]:
@@ -341,3 +438,43 @@ def _check_container_toolkit(request: StackRequest) -> list[str]:
             "use e.g. '1.17.4'"
         ]
     return []
+
+
+class AptOffer(TypedDict):
+    """A version of a package apt's lists offer (``apt-cache madison``)."""
+
+    version: str
+    source: str  # the index's URL as apt-cache prints it, e.g. https://host/path
+
+
+def offer_problems(
+    pins: dict[str, dict[str, str | None]],
+    offers: Mapping[str, list[AptOffer]],
+    installed: Mapping[str, str],
+    repository_url: str,
+) -> list[str]:
+    """
+    The pinned versions the host's apt does not offer, once apt has the repository's lists
+    (an earlier run added it): ``pins`` maps "data_key = value" to the packages it pins, and
+    ``installed`` holds the installed versions, which count as offered. A mirror then answers
+    for itself instead of being trusted.
+    """
+    # apt substitutes $(ARCH) in a source's URL; the lists are those of the part before it.
+    repository = urls.location(repository_url).split("$(ARCH)")[0]
+    if not any(repository in offer["source"] for versions in offers.values() for offer in versions):
+        return []
+    problems = []
+    for setting, packages in pins.items():
+        missing = []
+        for package, pattern in packages.items():
+            versions = [offer["version"] for offer in offers.get(package, [])]
+            versions += [installed[package]] if package in installed else []
+            if not any(fnmatchcase(version, pattern or "*") for version in versions):
+                missing.append(f"{package} {pattern} (offered: {', '.join(versions) or 'none'})")
+        if missing:
+            problems.append(
+                f"{setting}: the host's apt, with the repository at "
+                f"{urls.redact(repository_url)}, offers no {'; no '.join(missing)}; pin a "
+                "version it offers, or fix the mirror"
+            )
+    return problems

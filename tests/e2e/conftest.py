@@ -11,12 +11,12 @@ from types import FrameType
 
 import pytest
 
-from testbed.fleet import DEFAULT_BOOT_TIMEOUT, Fleet, FleetFactory
+from testbed.fleet import DEFAULT_BOOT_TIMEOUT, DEFAULT_FLEET_OS, Fleet, FleetFactory, OsReleases
 from testbed.network import cleanup_stale
-from testbed.standin_repo import RepoTree, build_repos
+from testbed.os_releases import OS_RELEASES
+from testbed.repos import RepoTree, build_repos
+from testbed.rootfs import default_cache_dir
 
-DEFAULT_CACHE_DIR = Path("/var/cache/gpufleet-test")
-SUITES = ["bookworm", "bullseye"]
 REQUIRED_TOOLS = ("systemd-nspawn", "mmdebstrap", "nsenter", "ssh", "ssh-keygen")
 
 
@@ -55,25 +55,28 @@ def _clean_test_hosts() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
-    path = Path(os.environ.get("GPUFLEET_TEST_CACHE", DEFAULT_CACHE_DIR))
+    path = default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 @pytest.fixture(scope="session")
 def repo_tree(cache_dir: Path) -> RepoTree:
-    return build_repos(cache_dir / "repos", suites=SUITES)
+    """The repositories with the mirrors of all six OS releases (built once, then cached)."""
+    return build_repos(cache_dir / "repos", list(OS_RELEASES.values()), rootfs_cache_dir=cache_dir)
 
 
 @pytest.fixture
 def fleet_factory(cache_dir: Path, repo_tree: RepoTree) -> Iterator[FleetFactory]:
-    """``fleet_factory(count=2, suite="bullseye")`` opens a Fleet that closes at teardown."""
+    """``fleet_factory(count=2, os_release="debian11")`` opens a Fleet that closes at teardown."""
     fleets: list[Fleet] = []
 
     def open_fleet(
-        count: int = 1, suite: str = "bookworm", boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+        count: int = 1,
+        os_release: OsReleases = DEFAULT_FLEET_OS,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
     ) -> Fleet:
-        fleet = Fleet(count, suite, cache_dir, repo=repo_tree, boot_timeout=boot_timeout)
+        fleet = Fleet(count, os_release, cache_dir, repo=repo_tree, boot_timeout=boot_timeout)
         fleets.append(fleet)
         return fleet.__enter__()
 

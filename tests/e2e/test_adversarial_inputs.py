@@ -20,8 +20,10 @@ import pytest
 
 from testbed.fleet import FleetFactory
 from testbed.machine import start_process
+from testbed.os_mirror import OS_KEYRING_ON_HOST
+from testbed.repos import RepoTree
 from testbed.runs import repo_data, run_deploy
-from testbed.standin_repo import DEBIAN_KEYRING_ON_HOST, REPO_HOST, RepoTree
+from testbed.standin_repo import REPO_HOST
 from tests.e2e.test_gpu_host_deploy import (
     SNAPSHOT,
     assert_converged,
@@ -96,10 +98,11 @@ def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_str
     (healthy, injected, metacharacters, misspelt, two_keys, lock_timeout, bad_daemon_json) = (
         fleet.hosts
     )
-    url_with_login = repo_tree.cuda_repo_url.replace("http://", f"http://gpu:{SECRET}@")
+    cuda_repo_url = repo_tree.cuda_repo_url(fleet.os_release.cuda_directory)
+    url_with_login = cuda_repo_url.replace("http://", f"http://gpu:{SECRET}@")
     host_data: dict[str, dict[str, object]] = {
         healthy.name: {"nvidia_cuda_repo_url": url_with_login},
-        injected.name: {"nvidia_cuda_repo_url": repo_tree.cuda_repo_url + INJECTED_URL_TAIL},
+        injected.name: {"nvidia_cuda_repo_url": cuda_repo_url + INJECTED_URL_TAIL},
         metacharacters.name: {"nvidia_driver_branch": "470;touch /tmp/injected"},
         misspelt.name: {"cuda_verison": "11.8"},
         two_keys.name: {
@@ -117,8 +120,8 @@ def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_str
     ssh_ok(
         fleet,
         healthy,
-        f"cp {DEBIAN_KEYRING_ON_HOST} {CUDA_KEYRING_KEYRING} && "
-        f"echo 'deb [signed-by={CUDA_KEYRING_KEYRING}] {repo_tree.cuda_repo_url} /' "
+        f"cp {OS_KEYRING_ON_HOST} {CUDA_KEYRING_KEYRING} && "
+        f"echo 'deb [signed-by={CUDA_KEYRING_KEYRING}] {cuda_repo_url} /' "
         f"> {CUDA_KEYRING_LIST}",
     )
     # A user's apt holds the dpkg lock for 20 s on one host, and for longer than the host's
@@ -175,7 +178,7 @@ def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_str
     auth = ssh_ok(fleet, healthy, "stat -c '%a %U' /etc/apt/auth.conf.d/cuda.conf")
     assert auth.strip() == "600 root"
     assert ssh_ok(fleet, healthy, "cat /etc/apt/auth.conf.d/cuda.conf") == (
-        f"machine {repo_tree.cuda_repo_url.rstrip('/')} login gpu password {SECRET}\n"
+        f"machine {cuda_repo_url.rstrip('/')} login gpu password {SECRET}\n"
     )
     assert "trusted=yes" not in ssh_ok(
         fleet, injected, "cat /etc/apt/sources.list.d/*.list || true"
@@ -201,7 +204,7 @@ def test_a_repository_that_never_answers_fails_the_host_in_bounded_time(
             assert server.poll() is None, log.read_text()
             time.sleep(0.05)
         silent_url = f"http://{REPO_HOST}:{port}/libnvidia-container/stable/deb/amd64/"
-        data = {**repo_data(repo_tree), "nvidia_container_repo_url": silent_url}
+        data = {**repo_data(repo_tree, fleet.os_release), "nvidia_container_repo_url": silent_url}
         started = time.monotonic()
         run = run_deploy(fleet, inventory(fleet, tmp_path, repo_tree, data), timeout=900)
         elapsed = time.monotonic() - started

@@ -15,8 +15,8 @@ import pytest
 
 from testbed.fleet import Fleet, FleetFactory, TestHost
 from testbed.images import build_image_tarball, import_image
+from testbed.repos import RepoTree
 from testbed.runs import DeployRun, run_deploy
-from testbed.standin_repo import RepoTree
 from tests.e2e.test_gpu_host_deploy import (
     TEST_IMAGE,
     assert_converged,
@@ -97,7 +97,7 @@ def test_docker_runs_with_its_daemon_json_and_running_jobs_are_kept(
     assert ssh_ok(fleet, host, "systemctl is-active docker").strip() == "active"
 
     # A training job runs: a change that needs a restart is refused, the job keeps running.
-    import_image(fleet, host, build_image_tarball("bookworm", cache_dir, []), TEST_IMAGE)
+    import_image(fleet, host, build_image_tarball("debian12", cache_dir, []), TEST_IMAGE)
     ssh_ok(fleet, host, f"docker run -d --name training-job {TEST_IMAGE} sleep 600")
     before = ssh_ok(fleet, host, "sha256sum /etc/docker/daemon.json")
     third = {"docker_daemon_config": {"runtimes": {"crun": CRUN}, "default-shm-size": "2G"}}

@@ -17,13 +17,13 @@ import pytest
 
 from testbed.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
 from testbed.images import build_image_tarball, import_image
+from testbed.repos import RepoTree
 from testbed.runs import (
     kill_while_running,
     repo_data,
     run_deploy,
     wait_for_package_transaction,
 )
-from testbed.standin_repo import RepoTree
 from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ HELD_DRIVER = "apt-mark showhold | grep -c '^nvidia-driver-' || true"
 
 def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Path:
     settings = {
-        **repo_data(repo),
+        **repo_data(repo, fleet.os_release),
         "gpu_reboot_allowed": True,
         "gpu_smoke_test": False,
         # The verification's container layer runs this image (imported by converged()).
@@ -98,7 +98,7 @@ def converged(fleet: Fleet, repo: RepoTree, cache_dir: Path, tmp_path: Path) -> 
     bare = write_inventory(fleet, tmp_path / "bare.py", repo, gpu_verify=False)
     assert_converged(run_deploy(fleet, bare))
     # python3: the stand-in nvidia-smi the runtime mounts into containers is a Python script.
-    tarball = build_image_tarball("bookworm", cache_dir, ["python3"])
+    tarball = build_image_tarball("debian12", cache_dir, ["python3"])
     for host in fleet.hosts:
         import_image(fleet, host, tarball, TEST_IMAGE)
     return write_inventory(fleet, tmp_path / "old.py", repo)

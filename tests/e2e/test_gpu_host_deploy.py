@@ -16,6 +16,7 @@ import pytest
 
 from testbed.fleet import REPO_ROOT, Fleet, FleetFactory, TestHost
 from testbed.images import build_image_tarball, import_image
+from testbed.repos import RepoTree
 from testbed.runs import (
     DeployRun,
     kill_while_running,
@@ -23,7 +24,7 @@ from testbed.runs import (
     run_deploy,
     wait_for_package_transaction,
 )
-from testbed.standin_repo import REPO_HOST, RepoTree
+from testbed.standin_repo import REPO_HOST
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +56,7 @@ def inventory(
 ) -> Path:
     # These tests are about the install path; tests/e2e/test_verify.py is about verification
     # (which needs a TensorFlow image the hosts cannot pull).
-    defaults = {**repo_data(repo), "gpu_verify": False}
+    defaults = {**repo_data(repo, fleet.os_release), "gpu_verify": False}
     return fleet.write_inventory(
         tmp_path / f"inventory_{fleet.prefix}.py", {**defaults, **(data or {})}, host_data
     )
@@ -104,7 +105,10 @@ def test_bare_host_converges_then_changes_nothing(
 ) -> None:
     fleet = fleet_factory(count=1)
     (host,) = fleet.hosts
-    data = {**repo_data(repo_tree), "docker_daemon_config": {"default-shm-size": "1G"}}
+    data = {
+        **repo_data(repo_tree, fleet.os_release),
+        "docker_daemon_config": {"default-shm-size": "1G"},
+    }
     path = inventory(fleet, tmp_path, repo_tree, data)
     assert "docker.io" not in ssh_ok(fleet, host, "dpkg-query -W -f '${Package}\\n'").split()
 
@@ -121,7 +125,7 @@ def test_bare_host_converges_then_changes_nothing(
     assert 0 < sent[host.address] <= NO_OP_RUN_MAX_COMMANDS, sent
     assert docker_started(fleet, host) == started
 
-    import_image(fleet, host, build_image_tarball("bookworm", cache_dir, []), TEST_IMAGE)
+    import_image(fleet, host, build_image_tarball("debian12", cache_dir, []), TEST_IMAGE)
     run_spec_suite(fleet, host, data, tmp_path)
 
 
@@ -129,7 +133,7 @@ def test_users_docker_daemon_json_and_holds_are_kept(
     fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
 ) -> None:
     # Debian 11 with docker already installed and configured by its user.
-    fleet = fleet_factory(count=1, suite="bullseye")
+    fleet = fleet_factory(count=1, os_release="debian11")
     (host,) = fleet.hosts
     ssh_ok(fleet, host, "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
                         "apt-get install -y -q --no-install-recommends docker.io")  # fmt: skip
@@ -198,7 +202,8 @@ def test_refused_input_leaves_the_host_byte_for_byte_unchanged(
     data: dict[str, Any],
     message: str,
 ) -> None:
-    fleet = fleet_factory(count=1)
+    # Debian 12, as written: its NVIDIA repository (no CUDA 11.2) and its dockerd 20.10.
+    fleet = fleet_factory(count=1, os_release="debian12")
     (host,) = fleet.hosts
     if host_setup:
         ssh_ok(fleet, host, host_setup)

@@ -16,8 +16,8 @@ import pytest
 
 from testbed.fleet import FleetFactory, TestHost
 from testbed.images import build_tensorflow_image_tarball, import_image
+from testbed.repos import RepoTree
 from testbed.runs import DeployRun, repo_data, run_deploy
-from testbed.standin_repo import RepoTree
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
     (host,) = fleet.hosts
     results = tmp_path / "results"
     data = {
-        **repo_data(repo_tree),
+        **repo_data(repo_tree, fleet.os_release),
         "tensorflow_image": TENSORFLOW_IMAGE,
         "gpu_results_dir": str(results),
         "gpu_expected_count": 1,

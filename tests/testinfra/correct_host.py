@@ -1,5 +1,6 @@
 """
-A correct gpufleet GPU host on gpufleet's default stack, written out: the packages, pins, holds,
+A correct gpufleet GPU host on gpufleet's default stack, on Ubuntu 20.04 (the release whose
+NVIDIA repository carries CUDA 11.2 and cuDNN 8.1), written out: the packages, pins, holds,
 files and links the specification suite (test_gpu_host.py) checks on a real host, and that
 tests/fakehost.py's converged host is built from. Literals, never gpufleet's own constants or
 functions, so a change in gpufleet shows here as a failing test, not as a moved expectation.
@@ -12,31 +13,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-NVIDIA_DRIVER_VERSION = "470.182.03"
+# R535: ubuntu2004's NVIDIA repository has no R580, gpufleet's default elsewhere.
+NVIDIA_DRIVER_VERSION = "535.183.01"
 CUDA_VERSION = "11.2"
 CUDNN_VERSION = "8.1.1.33"
 
-# Every package of the 470 driver family: pinning cuda-drivers-470 alone pulls the newest
-# nvidia-driver-470.
-DRIVER_FAMILY = (
-    "cuda-drivers-470",
-    "nvidia-driver-470",
-    "nvidia-dkms-470",
-    "nvidia-kernel-common-470",
-    "nvidia-kernel-source-470",
-    "nvidia-utils-470",
-    "nvidia-compute-utils-470",
-    "libnvidia-compute-470",
-    "libnvidia-gl-470",
-    "libnvidia-common-470",
-    "libnvidia-extra-470",
-    "libnvidia-decode-470",
-    "libnvidia-encode-470",
-    "libnvidia-cfg1-470",
-    "libnvidia-ifr1-470",
-    "libnvidia-fbc1-470",
-    "xserver-xorg-video-nvidia-470",
+# The headless R535 driver with its proprietary kernel modules (R535 predates NVIDIA's switch to
+# the open ones), every package pinned: pinning a metapackage alone pulls the newest release
+# of the rest. No X server, no graphics libraries.
+DRIVER_PACKAGES = (
+    "nvidia-headless-535",
+    "nvidia-headless-no-dkms-535",
+    "nvidia-dkms-535",
+    "nvidia-kernel-source-535",
+    "nvidia-kernel-common-535",
+    "nvidia-utils-535",
+    "nvidia-compute-utils-535",
+    "libnvidia-compute-535",
+    "libnvidia-common-535",
+    "libnvidia-extra-535",
+    "libnvidia-decode-535",
+    "libnvidia-encode-535",
+    "libnvidia-cfg1-535",
+    # Shipped with each driver release without the branch in its name.
+    "nvidia-modprobe",
 )
+# Never on a headless host.
+GRAPHICS_PACKAGES = ("xserver-xorg-core", "xserver-xorg-video-nvidia-535", "libnvidia-gl-535")
 CONTAINER_TOOLKIT = (
     "nvidia-container-toolkit",
     "nvidia-container-toolkit-base",
@@ -48,17 +51,18 @@ CUDNN = ("libcudnn8", "libcudnn8-dev")
 # Package -> the versions it may have (an apt/fnmatch pattern: any Debian revision); every one
 # of them is held.
 PINNED_PACKAGES: dict[str, str] = {
-    **dict.fromkeys(DRIVER_FAMILY, "470.182.03-*"),
+    **dict.fromkeys(DRIVER_PACKAGES, "535.183.01-*"),
     "cuda-toolkit-11-2": "11.2.2-*",
     # The build for CUDA 11.2: libcudnn8 8.1.1.33 exists for CUDA 10.2 as well.
     **dict.fromkeys(CUDNN, "8.1.1.33-*+cuda11.2"),
-    **dict.fromkeys(CONTAINER_TOOLKIT, "1.17.4-*"),
+    **dict.fromkeys(CONTAINER_TOOLKIT, "1.17.8-*"),
 }
 
 NOUVEAU_BLACKLIST_PATH = "/etc/modprobe.d/blacklist-nouveau.conf"
 PERSISTENCED_DROPIN_PATH = "/etc/systemd/system/nvidia-persistenced.service.d/gpufleet.conf"
 CUDA_PROFILE_PATH = "/etc/profile.d/cuda.sh"
 CUDA_LOADER_PATH = "/etc/ld.so.conf.d/cuda.conf"
+UNATTENDED_UPGRADES_PATH = "/etc/apt/apt.conf.d/51gpufleet-unattended-upgrades"
 # Path -> exact contents.
 MANAGED_FILES: dict[str, str] = {
     NOUVEAU_BLACKLIST_PATH: (
@@ -82,6 +86,20 @@ MANAGED_FILES: dict[str, str] = {
         '*) export PATH="/usr/local/cuda/bin${PATH:+:$PATH}" ;; esac\n'
     ),
     CUDA_LOADER_PATH: "# Managed by gpufleet.\n/usr/local/cuda/lib64\n",
+    UNATTENDED_UPGRADES_PATH: (
+        "// Managed by gpufleet: the NVIDIA driver and the CUDA stack change only when gpufleet\n"
+        "// pins them (a library upgrade under the loaded kernel module breaks NVML).\n"
+        "Unattended-Upgrade::Package-Blacklist {\n"
+        '    "nvidia-";\n'
+        '    "libnvidia-";\n'
+        '    "cuda-";\n'
+        '    "libcuda1";\n'
+        '    "libcudnn";\n'
+        '    "libxnvctrl0";\n'
+        '    "firmware-nvidia-";\n'
+        '    "xserver-xorg-video-nvidia";\n'
+        "};\n"
+    ),
 }
 
 PERSISTENCED_BOOT_LINK = "/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"

@@ -38,6 +38,11 @@ def test_every_pinned_package_is_held(host) -> None:
     assert set(correct_host.PINNED_PACKAGES) - held == set()
 
 
+def test_a_headless_host_has_no_x_server_or_graphics_libraries(host) -> None:
+    installed = [name for name in correct_host.GRAPHICS_PACKAGES if host.package(name).is_installed]
+    assert installed == []
+
+
 def test_repositories_use_their_own_keyrings_and_signed_by(host, expected: HostData) -> None:
     urls = {"cuda": expected.cuda_repo_url, "nvidia-container-toolkit": expected.container_repo_url}
     for repository, (keyring_path, sources_path) in correct_host.REPOSITORIES.items():

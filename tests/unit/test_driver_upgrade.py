@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from pyinfra.api import deploy
@@ -12,6 +11,7 @@ from gpufleet import rollout
 from gpufleet.deploys.driver_upgrade import plan_driver_change, refusal
 from gpufleet.deploys.nvidia_driver import (
     activate_driver,
+    installed_driver_version,
     module_change_reason,
     reload_modules_command,
     replaced_driver_packages,
@@ -19,8 +19,8 @@ from gpufleet.deploys.nvidia_driver import (
 from gpufleet.facts.gpu_host import GpuHostState, GpuHostStateInfo
 from gpufleet.facts.gpu_users import container_uses_gpus, parse_gpu_users
 from gpufleet.facts.nvidia import nvidia_smi_error
-from gpufleet.settings import read_settings
-from gpufleet.stack.catalog import driver_packages
+from gpufleet.stack.catalog import DriverChoice, KernelModules
+from gpufleet.stack.repositories import DriverNaming
 from tests.fakehost import bare_ubuntu_2004, prepare
 
 JOB_ID = "a" * 64
@@ -28,17 +28,44 @@ WEB_ID = "b" * 64
 DEVICE_REQUEST = '[{"Driver":"","Count":-1,"DeviceIDs":null,"Capabilities":[["gpu"]]}]'
 
 
-def settings(**data: Any):
-    return read_settings(data)
+# The full R470 driver, proprietary kernel modules, as NVIDIA's Ubuntu repositories name it.
+R470_FULL = (
+    "cuda-drivers-470",
+    "libnvidia-cfg1-470",
+    "libnvidia-common-470",
+    "libnvidia-compute-470",
+    "libnvidia-decode-470",
+    "libnvidia-encode-470",
+    "libnvidia-extra-470",
+    "libnvidia-fbc1-470",
+    "libnvidia-gl-470",
+    "libnvidia-ifr1-470",
+    "libxnvctrl0",
+    "nvidia-compute-utils-470",
+    "nvidia-dkms-470",
+    "nvidia-driver-470",
+    "nvidia-headless-470",
+    "nvidia-headless-no-dkms-470",
+    "nvidia-kernel-common-470",
+    "nvidia-kernel-source-470",
+    "nvidia-modprobe",
+    "nvidia-settings",
+    "nvidia-utils-470",
+    "xserver-xorg-video-nvidia-470",
+)
+
+
+def r470(version: str = "470.182.03") -> DriverChoice:
+    """The full R470 driver at ``version`` (proprietary modules: R470 has no open ones)."""
+    return DriverChoice(DriverNaming.UBUNTU, "470", version, KernelModules.PROPRIETARY, False)
 
 
 def host_on(version: str, loaded: str | None = None) -> GpuHostStateInfo:
-    """A host with driver ``version`` installed and held, nvidia-smi answering for ``loaded``."""
+    """A host with the full R470 driver ``version`` installed and held, nvidia-smi answering
+    for ``loaded``."""
     state = GpuHostState.default()
-    branch = version.split(".")[0]
     state["packages"] = {
-        name: {"version": f"{version}-1", "held": True, "installed": True}
-        for name in driver_packages(branch, version)
+        name: {"version": f"{version}-1", "held": True, "installed": True} for name in R470_FULL
     }
     state["nvidia_smi"] = {
         "driver_version": loaded or version,
@@ -66,11 +93,11 @@ def with_gpu_job(state: GpuHostStateInfo) -> GpuHostStateInfo:
 
 
 def test_host_on_the_pin_has_no_change() -> None:
-    assert plan_driver_change(settings(), host_on("470.182.03")) is None
+    assert plan_driver_change(r470(), host_on("470.182.03")) is None
 
 
 def test_version_change_on_idle_host_needs_a_reboot_without_visible_modules() -> None:
-    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), host_on("470.182.03"))
+    change = plan_driver_change(r470("470.239.06"), host_on("470.182.03"))
     assert change is not None
     assert change.summary() == (
         "driver 470.182.03 -> 470.239.06; GPU users: none; reboot needed "
@@ -82,7 +109,7 @@ def test_version_change_on_idle_host_needs_a_reboot_without_visible_modules() ->
 def test_modules_listed_by_the_kernel_are_reloaded_instead() -> None:
     state = host_on("470.182.03")
     state["nvidia_kernel"]["nvidia_modules"] = {"nvidia": 2, "nvidia_uvm": 0}
-    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), state)
+    change = plan_driver_change(r470("470.239.06"), state)
     assert change is not None and not change.reboot_needed
     assert "module reload needed" in change.summary()
     command = reload_modules_command(["nvidia", "nvidia_uvm"])
@@ -90,14 +117,14 @@ def test_modules_listed_by_the_kernel_are_reloaded_instead() -> None:
 
 
 def test_downgrade_is_a_change_like_an_upgrade() -> None:
-    change = plan_driver_change(settings(), host_on("470.239.06"))
+    change = plan_driver_change(r470(), host_on("470.239.06"))
     assert change is not None
     assert (change.current_version, change.target_version) == ("470.239.06", "470.182.03")
 
 
 def test_busy_host_is_refused_with_its_users_unless_drained() -> None:
     state = with_gpu_job(host_on("470.182.03"))
-    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), state)
+    change = plan_driver_change(r470("470.239.06"), state)
     assert change is not None
     assert [c["name"] for c in change.gpu_containers] == ["job"]
     reason = refusal(change, drain=False)
@@ -111,7 +138,7 @@ def test_drain_does_not_cover_processes_outside_containers() -> None:
     state = with_gpu_job(host_on("470.182.03"))
     state["gpu_users"]["process_containers"] = {4242: None}
     state["gpu_users"]["containers"] = []
-    change = plan_driver_change(settings(nvidia_driver_version="470.239.06"), state)
+    change = plan_driver_change(r470("470.239.06"), state)
     assert change is not None
     reason = refusal(change, drain=True)
     assert reason is not None and "4242 python3" in reason and "run in none" in reason
@@ -124,7 +151,7 @@ def test_stale_module_after_an_interrupted_change_still_needs_the_reboot() -> No
     )
     reason = module_change_reason(state["nvidia_kernel"], state["nvidia_smi"], "470.239.06")
     assert reason is not None and "version mismatch" in reason
-    assert plan_driver_change(settings(nvidia_driver_version="470.239.06"), state) is not None
+    assert plan_driver_change(r470("470.239.06"), state) is not None
 
 
 @pytest.mark.parametrize(
@@ -143,10 +170,62 @@ def test_nvidia_runtime_containers_use_gpus_when_devices_are_visible(
 
 def test_branch_change_replaces_the_other_branchs_family() -> None:
     state = host_on("470.182.03")
-    assert "libnvidia-ifr1-535" not in driver_packages("535", "535.183.01")
-    replaced = replaced_driver_packages(state["packages"], "535")
-    assert replaced == sorted(driver_packages("470", "470.182.03"))
-    assert replaced_driver_packages(state["packages"], "470") == []
+    r535 = DriverChoice(DriverNaming.UBUNTU, "535", "535.183.01", KernelModules.PROPRIETARY, False)
+    # The branch-less companions (nvidia-modprobe, nvidia-settings, libxnvctrl0) stay: R535's
+    # full driver pins them too.
+    assert replaced_driver_packages(state["packages"], r535) == [
+        "cuda-drivers-470",
+        "libnvidia-cfg1-470",
+        "libnvidia-common-470",
+        "libnvidia-compute-470",
+        "libnvidia-decode-470",
+        "libnvidia-encode-470",
+        "libnvidia-extra-470",
+        "libnvidia-fbc1-470",
+        "libnvidia-gl-470",
+        "libnvidia-ifr1-470",
+        "nvidia-compute-utils-470",
+        "nvidia-dkms-470",
+        "nvidia-driver-470",
+        "nvidia-headless-470",
+        "nvidia-headless-no-dkms-470",
+        "nvidia-kernel-common-470",
+        "nvidia-kernel-source-470",
+        "nvidia-utils-470",
+        "xserver-xorg-video-nvidia-470",
+    ]
+    assert replaced_driver_packages(state["packages"], r470()) == []
+
+
+def test_packages_neither_installed_nor_held_are_not_replaced() -> None:
+    state = host_on("470.182.03")
+    # dpkg-query lists a removed package's leftover configuration ("deinstall ok config-files").
+    state["packages"]["nvidia-driver-460"] = {
+        "version": "460.91.03-1",
+        "held": False,
+        "installed": False,
+    }
+    state["packages"]["nvidia-utils-460"] = {
+        "version": "460.91.03-1",
+        "held": True,
+        "installed": False,
+    }
+    assert replaced_driver_packages(state["packages"], r470()) == ["nvidia-utils-460"]
+
+
+def test_installed_driver_version_is_read_from_the_compute_library() -> None:
+    state = GpuHostState.default()
+    state["packages"] = {
+        # Debian naming (NVIDIA's debian12 repository): libcuda1 carries the driver version.
+        "libcuda1": {"version": "560.35.03-1", "held": True, "installed": True},
+        "nvidia-driver-cuda": {"version": "560.35.03-1", "held": True, "installed": True},
+        "nvidia-modprobe": {"version": "580.159.04-1", "held": False, "installed": True},
+    }
+    assert installed_driver_version(state["packages"]) == "560.35.03"
+    headless = host_on("470.182.03")
+    del headless["packages"]["nvidia-driver-470"]
+    assert installed_driver_version(headless["packages"]) == "470.182.03"
+    assert installed_driver_version({}) is None
 
 
 def test_rollout_stops_after_the_first_failed_batch(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,6 +61,7 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
     arguments: dict[str, Any] = {
         "packages": ["bash", "coreutils", "gpufleet-no-such-package"],
         "repository_locations": ["developer.download.nvidia.com/compute/cuda/repos"],
+        "offered_packages": ["bash", "gpufleet-no-such-package"],
         "daemon_json_path": str(daemon_json),
         "files": [str(daemon_json), str(tmp_path / "absent")],
         "symlinks": [str(link), str(daemon_json), str(tmp_path / "absent")],
@@ -84,6 +85,8 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
     assert state["dockerd_installed"] is (run_lines("command -v dockerd")[0] == 0)
     assert state["docker_daemon_config"]["config"]["default-runtime"] == "nvidia"
     assert set(state["packages"]) == {"bash", "coreutils"}
+    # apt offers what its lists hold (none in a container without `apt-get update`).
+    assert set(state["apt_offers"]) <= {"bash"}
     assert set(state["file_digests"]) == {str(daemon_json)}
     assert state["symlink_targets"] == {
         str(link): "/lib/systemd/system/example.service",

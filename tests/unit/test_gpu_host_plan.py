@@ -28,9 +28,29 @@ from tests.fakehost import (
     prepare,
     sent_commands,
 )
-from tests.testinfra.correct_host import CONTAINER_TOOLKIT, DRIVER_FAMILY
+from tests.testinfra.correct_host import CONTAINER_TOOLKIT, MANAGED_FILES
+
+# The R535 headless family, proprietary kernel modules: Ubuntu 20.04's default driver (NVIDIA's
+# ubuntu2004 repository has no R580), with the branch-less nvidia-modprobe pinned along.
+R535_HEADLESS = (
+    "libnvidia-cfg1-535",
+    "libnvidia-common-535",
+    "libnvidia-compute-535",
+    "libnvidia-decode-535",
+    "libnvidia-encode-535",
+    "libnvidia-extra-535",
+    "nvidia-compute-utils-535",
+    "nvidia-dkms-535",
+    "nvidia-headless-535",
+    "nvidia-headless-no-dkms-535",
+    "nvidia-kernel-common-535",
+    "nvidia-kernel-source-535",
+    "nvidia-modprobe",
+    "nvidia-utils-535",
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
 APT_GET = (
     "DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600"
     " -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 -o Acquire::Retries=0"
@@ -60,9 +80,10 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
     assert list(planned) == [
         "NVIDIA CUDA repository (signed-by its own keyring)",
         "Kernel headers for the running kernel (5.4.0-150-generic)",
+        "unattended-upgrades leaves the NVIDIA stack alone",
         "Blacklist nouveau",
         "Rebuild the initramfs without nouveau",
-        "NVIDIA driver 470.182.03 (pinned, held)",
+        "NVIDIA driver 535.183.01 (pinned, held)",
         "nvidia-persistenced in persistence mode",
         "nvidia-persistenced started at boot",
         "Reload systemd units",
@@ -73,15 +94,15 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
         "Refresh the loader cache",
         "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)",
         "NVIDIA container toolkit repository (signed-by its own keyring)",
-        "nvidia-container-toolkit 1.17.4 (pinned, held)",
+        "nvidia-container-toolkit 1.17.8 (pinned, held)",
         "Docker (docker.io) installed",
         "nvidia runtime merged into /etc/docker/daemon.json",
         "Docker enabled and running",
         "docker runs with its daemon.json",
     ]
-    assert planned["NVIDIA driver 470.182.03 (pinned, held)"] == [
+    assert planned["NVIDIA driver 535.183.01 (pinned, held)"] == [
         install_command(
-            *(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=list(DRIVER_FAMILY)
+            *(f"'{name}=535.183.01-*'" for name in R535_HEADLESS), hold=list(R535_HEADLESS)
         )
     ]
     assert planned["CUDA toolkit 11.2.2 (pinned, held)"] == [
@@ -94,13 +115,64 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
             hold=["libcudnn8", "libcudnn8-dev"],
         )
     ]
-    assert planned["nvidia-container-toolkit 1.17.4 (pinned, held)"] == [
+    assert planned["nvidia-container-toolkit 1.17.8 (pinned, held)"] == [
         install_command(
-            *(f"'{name}=1.17.4-*'" for name in CONTAINER_TOOLKIT), hold=list(CONTAINER_TOOLKIT)
+            *(f"'{name}=1.17.8-*'" for name in CONTAINER_TOOLKIT), hold=list(CONTAINER_TOOLKIT)
         )
     ]
     # Docker and the headers come from the OS archive, unpinned and not held.
     assert planned["Docker (docker.io) installed"] == [install_command("docker.io", hold=[])]
+
+
+def test_bare_host_gets_the_unattended_upgrades_blacklist() -> None:
+    operations = {op.name.split(" | ")[-1]: op for op in plan_one(bare_ubuntu_2004())}
+    blacklist = operations["unattended-upgrades leaves the NVIDIA stack alone"]
+    path = "/etc/apt/apt.conf.d/51gpufleet-unattended-upgrades"
+    assert blacklist.uploads == {path: MANAGED_FILES[path].encode()}
+
+
+def test_full_open_r580_on_ubuntu_2204_pins_its_family() -> None:
+    ubuntu_2204 = FakeHost(
+        os_release=(FIXTURES / "os-release" / "ubuntu-22.04.4.txt").read_text(),
+        kernel_release="5.15.0-119-generic",
+        services={"ssh.service": (True, True)},
+        python3_version="3.10.12",
+    )
+    r580_full_open = [
+        "libnvidia-cfg1-580",
+        "libnvidia-common-580",
+        "libnvidia-compute-580",
+        "libnvidia-decode-580",
+        "libnvidia-encode-580",
+        "libnvidia-extra-580",
+        "libnvidia-fbc1-580",
+        "libnvidia-gl-580",
+        "libxnvctrl0",
+        "nvidia-compute-utils-580",
+        "nvidia-dkms-580-open",
+        "nvidia-driver-580-open",
+        "nvidia-headless-580-open",
+        "nvidia-headless-no-dkms-580-open",
+        "nvidia-kernel-common-580",
+        "nvidia-kernel-source-580-open",
+        "nvidia-modprobe",
+        "nvidia-settings",
+        "nvidia-utils-580",
+        "xserver-xorg-video-nvidia-580",
+    ]
+    planned = changes(
+        plan_one(
+            ubuntu_2204,
+            nvidia_driver_headless=False,
+            cuda_version="11.8",
+            cuda_package_version="11.8.0",
+            cudnn_version="8.6.0.163",
+            tensorflow_image="tensorflow/tensorflow:2.12.0-gpu",
+        )
+    )
+    assert planned["NVIDIA driver 580.159.04 (pinned, held)"] == [
+        install_command(*(f"'{name}=580.159.04-*'" for name in r580_full_open), hold=r580_full_open)
+    ]
 
 
 def test_bare_host_repositories_are_signed_by_their_own_keyrings() -> None:
@@ -180,15 +252,55 @@ def test_after_the_first_change_operations_check_the_host_live() -> None:
 
 def test_held_older_driver_is_moved_to_the_pin_and_held_again() -> None:
     host = converged_ubuntu_2004()
-    for name in DRIVER_FAMILY:
-        host.packages[name] = ("470.141.03-1", "hold ok installed")
+    for name in R535_HEADLESS:
+        host.packages[name] = ("535.161.08-0ubuntu1", "hold ok installed")
     planned = changes(plan_one(host))
-    assert list(planned) == ["NVIDIA driver 470.182.03 (pinned, held)"]
-    (command,) = planned["NVIDIA driver 470.182.03 (pinned, held)"]
+    assert list(planned) == ["NVIDIA driver 535.183.01 (pinned, held)"]
+    (command,) = planned["NVIDIA driver 535.183.01 (pinned, held)"]
     assert command == install_command(
-        *(f"'{name}=470.182.03-*'" for name in DRIVER_FAMILY), hold=list(DRIVER_FAMILY)
+        *(f"'{name}=535.183.01-*'" for name in R535_HEADLESS), hold=list(R535_HEADLESS)
     )
     assert "unhold" not in command
+
+
+def test_the_full_driver_going_headless_removes_its_graphics_part_first() -> None:
+    host = converged_ubuntu_2004()
+    graphics = [
+        "cuda-drivers-535",
+        "libnvidia-fbc1-535",
+        "libnvidia-gl-535",
+        "nvidia-driver-535",
+        "xserver-xorg-video-nvidia-535",
+    ]
+    for name in graphics:
+        host.packages[name] = ("535.183.01-0ubuntu1", "hold ok installed")
+    planned = changes(plan_one(host))
+    # The headless packages are installed and held at the pin already.
+    assert list(planned) == ["Remove the driver packages R535 (proprietary modules) replaces"]
+    (remove,) = planned["Remove the driver packages R535 (proprietary modules) replaces"]
+    assert f"purge --allow-change-held-packages {' '.join(graphics)};" in remove
+
+
+def test_a_pin_the_hosts_apt_does_not_offer_refuses_the_host(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An earlier run added NVIDIA's ubuntu2004 repository; its lists lack 535.183.01.
+    host = bare_ubuntu_2004()
+    repository = "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2004/x86_64"
+    host.madison = [
+        f"nvidia-utils-535 | 535.161.08-0ubuntu1 | {repository}  Packages",
+        f"nvidia-utils-535 | 535.104.05-0ubuntu1 | {repository}  Packages",
+    ]
+    with pytest.raises(PyinfraError, match="No hosts remaining"):
+        plan_one(host)
+    assert "refusing to deploy, nothing was changed on the host" in caplog.text
+    assert (
+        "nvidia_driver_version = '535.183.01': the host's apt, with the repository at "
+        "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2004/x86_64/, offers no "
+    ) in caplog.text
+    assert "nvidia-utils-535 535.183.01-* (offered: 535.161.08-0ubuntu1, 535.104.05-0ubuntu1)" in (
+        caplog.text
+    )
 
 
 def test_unheld_pinned_package_is_held_again_without_reinstalling() -> None:
@@ -269,10 +381,10 @@ def test_cli_dry_run_lists_pinned_installs() -> None:
     result = run_cli_dry()
     assert result.returncode == 0, result.stderr + result.stdout
     for line in (
-        "NVIDIA driver 470.182.03 (pinned, held)",
+        "NVIDIA driver 535.183.01 (pinned, held)",
         "CUDA toolkit 11.2.2 (pinned, held)",
         "cuDNN 8.1.1.33 for CUDA 11.2 (pinned, held)",
-        "nvidia-container-toolkit 1.17.4 (pinned, held)",
+        "nvidia-container-toolkit 1.17.8 (pinned, held)",
         "nvidia runtime merged into /etc/docker/daemon.json",
     ):
         assert line in result.stdout + result.stderr
@@ -305,7 +417,7 @@ def test_cli_dry_run_lists_pinned_installs() -> None:
         (
             [],
             "@fake/debian12-bare",
-            "NVIDIA's debian12 repository does not carry CUDA 11.2",
+            "cuda_version = '11.2': NVIDIA's debian12 repository has no cuda-toolkit-11-2",
         ),
     ],
 )

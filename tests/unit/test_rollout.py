@@ -22,13 +22,13 @@ PYINFRA = [sys.executable, "-m", "pyinfra"]
 DEPLOY = "gpufleet.driver_upgrade"
 # A host that cannot be reached: nothing listens on port 1 of this machine.
 UNREACHABLE = '("127.0.0.1", {"ssh_port": 1})'
-# A @fake host running 470.182.03, pinned to 470.199.02 (its data has to be JSON for pyinfra's
+# A @fake host running 535.183.01, pinned to 535.216.01 (its data has to be JSON for pyinfra's
 # --json host list, so the scripted responses keep only the plain-text matchers).
 REACHABLE = """(
         "@fake/gpu-01",
         {
             **FIXTURE_KEY_DATA,
-            "nvidia_driver_version": "470.199.02",
+            "nvidia_driver_version": "535.216.01",
             "fake_responses": {
                 matcher: lines
                 for matcher, lines in converged_ubuntu_2004().responses().items()
@@ -161,7 +161,7 @@ def test_a_dry_run_plans_the_reachable_hosts_and_reports_the_others(tmp_path: Pa
     assert "Traceback" not in output and "EOFError" not in output
     assert "[127.0.0.1]" in output and "Could not connect" in output
     assert (
-        "[@fake/gpu-01] driver 470.182.03 -> 470.199.02; GPU users: none; no module change"
+        "[@fake/gpu-01] driver 535.183.01 -> 535.216.01; GPU users: none; no module change"
         in output
     )
     assert run.stderr.endswith("rollout: the dry run failed, see pyinfra's output above\n")

@@ -20,6 +20,9 @@ from gpufleet.settings import (
     SettingsError,
     read_settings,
 )
+from gpufleet.stack import compat
+from gpufleet.stack.catalog import DriverChoice, KernelModules
+from gpufleet.stack.repositories import CUDA_REPOSITORIES, DriverNaming
 
 INJECTION_URL = "https://x/ /\ndeb [trusted=yes] http://X/ /\n#"
 CREDENTIALS_URL = "https://user:s3cret@mirror.example.com/cuda/"
@@ -54,6 +57,85 @@ def test_new_keys_are_read() -> None:
     )
     assert settings.gpu_apt_lock_timeout == 0
     assert settings.docker_restart_with_running_containers is True
+
+
+def test_the_driver_defaults_leave_the_choice_to_the_hosts_plan() -> None:
+    settings = read_settings({})
+    # None: the host's OS (its NVIDIA repository) decides; see tests/unit/test_compat.py.
+    assert settings.nvidia_driver_branch is None
+    assert settings.nvidia_driver_version is None
+    assert settings.nvidia_kernel_modules is None
+    assert settings.nvidia_cuda_repo_key_fingerprint is None
+    assert settings.nvidia_driver_headless is True
+    assert settings.nvidia_container_toolkit_version == "1.17.8"
+
+
+@pytest.mark.parametrize(
+    ("value", "modules"),
+    [("open", KernelModules.OPEN), ("proprietary", KernelModules.PROPRIETARY), (None, None)],
+)
+def test_kernel_module_flavours_are_accepted(value: str | None, modules: KernelModules) -> None:
+    settings = read_settings({"nvidia_kernel_modules": value})
+    assert settings.nvidia_kernel_modules is modules
+    assert settings.stack_request.nvidia_kernel_modules is modules
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("Open", "nvidia_kernel_modules = 'Open' must be 'open' or 'proprietary'"),
+        ("nvidia-open", "nvidia_kernel_modules = 'nvidia-open' must be 'open' or 'proprietary'"),
+        ("", "nvidia_kernel_modules = '' must be a string, e.g. 'open'"),
+        (True, "nvidia_kernel_modules = True must be a string, e.g. 'open'"),
+        (["open"], "nvidia_kernel_modules = ['open'] must be a string, e.g. 'open'"),
+    ],
+)
+def test_other_kernel_module_flavours_are_refused(value: Any, problem: str) -> None:
+    assert problems_of({"nvidia_kernel_modules": value}) == [problem]
+
+
+def test_the_full_driver_is_a_flag() -> None:
+    settings = read_settings({"nvidia_driver_headless": False})
+    assert settings.stack_request.nvidia_driver_headless is False
+    assert problems_of({"nvidia_driver_headless": "false"}) == [
+        "nvidia_driver_headless = 'false' must be true or false"
+    ]
+
+
+DEBIAN_13_PLAN = compat.StackPlan(
+    CUDA_REPOSITORIES["debian13"],
+    "https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64/",
+    DriverChoice(DriverNaming.DEBIAN, "590", "590.48.01", KernelModules.OPEN, True),
+)
+
+
+def test_the_cuda_key_defaults_to_the_one_of_the_hosts_repository() -> None:
+    settings = read_settings({})
+    assert settings.cuda_repo_key_url(DEBIAN_13_PLAN) == (
+        "https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64/8793F200.pub"
+    )
+    assert settings.cuda_repo_key_fingerprint(DEBIAN_13_PLAN) == (
+        "02182E60104FCDC26EAE1B8597A5D4CB8793F200"
+    )
+    # A mirror of no repository gpufleet knows: NVIDIA's 3bf863cc, beside its InRelease.
+    mirror = compat.StackPlan(None, "https://mirror.example.com/cuda/", DEBIAN_13_PLAN.driver)
+    assert settings.cuda_repo_key_url(mirror) == "https://mirror.example.com/cuda/3bf863cc.pub"
+    assert settings.cuda_repo_key_fingerprint(mirror) == (
+        "EB693B3035CD5710E231E123A4B469963BF863CC"
+    )
+
+
+def test_the_cuda_key_settings_win_over_the_repositorys() -> None:
+    settings = read_settings(
+        {
+            "nvidia_cuda_repo_key_url": "https://mirror.example.com/cuda/key.pub",
+            "nvidia_cuda_repo_key_fingerprint": "4EB9E934471256AEDAE2AB1FC6607FBBA0D62461",
+        }
+    )
+    assert settings.cuda_repo_key_url(DEBIAN_13_PLAN) == "https://mirror.example.com/cuda/key.pub"
+    assert settings.cuda_repo_key_fingerprint(DEBIAN_13_PLAN) == (
+        "4EB9E934471256AEDAE2AB1FC6607FBBA0D62461"
+    )
 
 
 def test_an_apt_source_line_injection_is_refused() -> None:
@@ -153,13 +235,13 @@ def test_a_bad_key_location_is_refused(location: str, problem: str) -> None:
         (
             "nvidia_driver_branch",
             "470;touch /tmp/x",
-            "nvidia_driver_branch = '470;touch /tmp/x' is not a driver branch; use e.g. '470'",
+            "nvidia_driver_branch = '470;touch /tmp/x' is not a driver branch; use e.g. '580'",
         ),
         (
             "nvidia_driver_version",
             "470.182.03-1ubuntu1",
             "nvidia_driver_version = '470.182.03-1ubuntu1' is not a driver version; use the full "
-            "upstream version, e.g. '470.182.03'",
+            "upstream version, e.g. '580.126.16'",
         ),
         (
             "cuda_version",
@@ -180,7 +262,7 @@ def test_a_bad_key_location_is_refused(location: str, problem: str) -> None:
             "nvidia_container_toolkit_version",
             "1.17.4 nvidia-container-toolkit-base",
             "nvidia_container_toolkit_version = '1.17.4 nvidia-container-toolkit-base' is not a "
-            "1.x toolkit release; use e.g. '1.17.4'",
+            "1.x toolkit release; use e.g. '1.17.8'",
         ),
         (
             "docker_package",

@@ -18,23 +18,36 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import pytest
 
+from gpufleet.stack.catalog import DriverChoice, KernelModules
 from gpufleet.stack.catalog import driver_packages as gpufleet_driver_pins
+from gpufleet.stack.repositories import DriverNaming
+from testbed.os_mirror import mirror_path
+from testbed.repos import RepoTree, build_repos, default_cache_dir
+from testbed.rootfs import os_release
 from testbed.standin_repo import (
     CONTAINER_REPO_PATH,
+    CUDA_DIRECTORIES,
     CUDA_REPO_PATH,
+    ArchiveKey,
     PrivateApt,
-    RepoTree,
-    build_repos,
-    default_cache_dir,
+    StandinPackage,
+    build_debs,
+    build_nvidia_part,
+    cuda_key_path,
+    external_dependencies,
+    index_flat_repo,
+    nvidia_standin_packages,
 )
 from tests.unit.local_http import serving
 
-SUITE = "bookworm"
+# The OS mirror the whole-tree tests resolve the stand-ins against (as before: Debian 12).
+OS_RELEASE = "debian12"
 
 # Verbatim lines of the real 470.182.03 table (nvidia-reference/nvidia-smi.txt, SAMPLE 1 header
 # and SAMPLE 5 rows: a Tesla T4 on 470.182.03).
@@ -77,7 +90,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="session")
 def repo_tree() -> RepoTree:
-    return build_repos(default_cache_dir(), [SUITE])
+    return build_repos(default_cache_dir(), [OS_RELEASE])
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +109,11 @@ def apt(repo_tree: RepoTree, repo_url: str, tmp_path_factory: pytest.TempPathFac
     apt = PrivateApt(
         tmp_path_factory.mktemp("apt"),
         source_lines(
-            repo_tree.key_path, repo_url, f"debian/{SUITE}/", CUDA_REPO_PATH, CONTAINER_REPO_PATH
+            repo_tree.key_path,
+            repo_url,
+            mirror_path(os_release(OS_RELEASE)),
+            CUDA_REPO_PATH,
+            CONTAINER_REPO_PATH,
         ),
     )
     apt.run("update")
@@ -124,23 +141,30 @@ def test_update_rejects_a_tampered_release(repo_tree: RepoTree, tmp_path: Path) 
 
 
 def test_unpinned_cuda_drivers_470_pulls_the_newest_driver(apt: PrivateApt) -> None:
-    assert apt.simulate_install("cuda-drivers-470")["nvidia-driver-470"] == "470.239.06-1"
+    versions = apt.simulate_install("cuda-drivers-470")
+    assert versions["cuda-drivers-470"] == "470.239.06-1"
+    assert versions["nvidia-driver-470"] == "470.239.06-0ubuntu1"
 
 
 def test_pinning_cuda_drivers_470_alone_does_not_pin_the_driver(apt: PrivateApt) -> None:
     versions = apt.simulate_install("cuda-drivers-470=470.182.03-1")
     assert versions["cuda-drivers-470"] == "470.182.03-1"
-    assert versions["nvidia-driver-470"] == "470.239.06-1"
+    assert versions["nvidia-driver-470"] == "470.239.06-0ubuntu1"
 
 
 def test_gpufleets_driver_pins_resolve_to_one_release(apt: PrivateApt) -> None:
     # apt resolves (>=) dependencies to the newest build first: gpufleet pins every package of
     # the family, and real apt must then install exactly that release.
-    pins = gpufleet_driver_pins("470", "470.182.03")
+    pins = gpufleet_driver_pins(
+        DriverChoice(
+            DriverNaming.UBUNTU, "470", "470.182.03", KernelModules.PROPRIETARY, headless=False
+        )
+    )
     versions = apt.simulate_install(*(f"{name}={pattern}" for name, pattern in pins.items()))
-    driver_packages = {name: v for name, v in versions.items() if name.endswith("-470")}
-    assert driver_packages.keys() == set(pins)
-    assert set(driver_packages.values()) == {"470.182.03-1"}
+    assert pins.keys() <= versions.keys()
+    assert {versions[name] for name in pins} == {"470.182.03-1", "470.182.03-0ubuntu1"}
+    assert versions["cuda-drivers-470"] == "470.182.03-1"
+    assert versions["nvidia-driver-470"] == "470.182.03-0ubuntu1"
     assert "dkms" in versions
 
 
@@ -149,7 +173,7 @@ def test_pinning_part_of_the_driver_family_is_held_broken(apt: PrivateApt) -> No
         "install",
         "--simulate",
         "cuda-drivers-470=470.182.03-1",
-        "nvidia-driver-470=470.182.03-1",
+        "nvidia-driver-470=470.182.03-0ubuntu1",
         check=False,
     )
     assert partial.returncode != 0
@@ -166,8 +190,8 @@ def test_unpinned_libcudnn8_picks_the_cuda_12_build(apt: PrivateApt) -> None:
 
 def test_cuda_11_2_drags_the_newest_driver_and_the_toolkit_does_not(apt: PrivateApt) -> None:
     everything = apt.simulate_install("cuda-11-2")
-    assert everything["cuda-drivers"] == "535.183.01-1"
-    assert everything["nvidia-driver-535"] == "535.183.01-1"
+    assert everything["cuda-drivers"] == "550.144.03-0ubuntu1"
+    assert everything["nvidia-driver-550"] == "550.144.03-0ubuntu1"
     toolkit = apt.simulate_install("cuda-toolkit-11-2=11.2.2-1")
     assert not [name for name in toolkit if "driver" in name]
     assert toolkit["cuda-cudart-11-2"] == "11.2.152-1"
@@ -178,15 +202,16 @@ def test_cuda_11_2_drags_the_newest_driver_and_the_toolkit_does_not(apt: Private
 def test_container_toolkit_pin_needs_base_pinned_and_leaves_the_tools(apt: PrivateApt) -> None:
     # apt takes the newest base as candidate and does not fall back to the (=) one.
     alone = apt.run("install", "--simulate", "nvidia-container-toolkit=1.17.4-1", check=False)
-    assert "nvidia-container-toolkit-base (= 1.17.4-1) but 1.17.8-1" in alone.stdout
+    assert "nvidia-container-toolkit-base (= 1.17.4-1) but 1.18.2-1" in alone.stdout
     versions = apt.simulate_install(
         "nvidia-container-toolkit=1.17.4-1", "nvidia-container-toolkit-base=1.17.4-1"
     )
     assert versions["nvidia-container-toolkit-base"] == "1.17.4-1"
-    assert versions["libnvidia-container-tools"] == "1.17.8-1"
-    assert "libseccomp2" in apt.simulate_install(
-        "nvidia-container-toolkit=1.13.5-1", "nvidia-container-toolkit-base=1.13.5-1"
-    )
+    assert versions["libnvidia-container-tools"] == "1.18.2-1"
+    # From 1.18 the toolkit wants its own tools version exactly (commit f0ea60a2).
+    pinned = apt.run("install", "--simulate", "nvidia-container-toolkit=1.18.2-1",
+                     "libnvidia-container-tools=1.17.8-1", check=False)  # fmt: skip
+    assert "libnvidia-container-tools (= 1.18.2-1) but 1.17.8-1" in pinned.stdout
 
 
 def test_debian_subset_holds_the_full_closure(apt: PrivateApt) -> None:
@@ -205,7 +230,7 @@ def test_debian_subset_holds_the_full_closure(apt: PrivateApt) -> None:
 
 def test_cached_tree_is_reused_quickly(repo_tree: RepoTree, tmp_path: Path) -> None:
     started = time.monotonic()
-    again = build_repos(default_cache_dir(), [SUITE])
+    again = build_repos(default_cache_dir(), [OS_RELEASE])
     assert time.monotonic() - started < 1
     assert again == repo_tree
     shown = subprocess.run(
@@ -230,7 +255,10 @@ def unpack(repo_tree: RepoTree, repo_path: str, deb_name: str, target: Path) -> 
 @pytest.fixture
 def nvidia_smi(repo_tree: RepoTree, tmp_path: Path) -> Path:
     root = unpack(
-        repo_tree, CUDA_REPO_PATH, "nvidia-utils-470_470.182.03-1_amd64.deb", tmp_path / "root"
+        repo_tree,
+        CUDA_REPO_PATH,
+        "nvidia-utils-470_470.182.03-0ubuntu1_amd64.deb",
+        tmp_path / "root",
     )
     return root / "usr/bin/nvidia-smi"
 
@@ -341,7 +369,7 @@ def test_nvcc_prints_the_real_11_2_banner(repo_tree: RepoTree, tmp_path: Path) -
     ("deb_name", "library", "soname", "version"),
     [
         (
-            "libnvidia-compute-470_470.182.03-1_amd64.deb",
+            "libnvidia-compute-470_470.182.03-0ubuntu1_amd64.deb",
             "usr/lib/x86_64-linux-gnu/libcuda.so.470.182.03",
             "libcuda.so.1",
             "470.182.03",
@@ -445,3 +473,262 @@ def test_nvidia_ctk_merges_the_runtime_into_daemon_json(
         indent=4,
         sort_keys=True,
     )
+
+
+# --- one CUDA repository per OS directory (the NVIDIA part alone, each with its own key) ------
+
+
+@dataclass(frozen=True)
+class NvidiaPart:
+    root: Path
+    os_stub: Path  # the external Depends (dkms, adduser, ...) as empty packages
+    os_stub_key: Path
+
+
+@pytest.fixture(scope="session")
+def nvidia_part(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NvidiaPart]:
+    base = tmp_path_factory.mktemp("nvidia-part")
+    key, second_key = ArchiveKey(base / "gnupg"), ArchiveKey(base / "gnupg-second")
+    try:
+        key.ensure()
+        second_key.ensure()
+        build_nvidia_part(base / "part", key, second_key)
+        stub = base / "os-stub"
+        external = {
+            n for d in CUDA_DIRECTORIES for n in external_dependencies(nvidia_standin_packages(d))
+        }
+        build_debs([StandinPackage(n, "1.0-1", "stub") for n in sorted(external)], stub, base / "s")
+        index_flat_repo(stub, key, {"Origin": "stub"})
+    finally:
+        key.stop_agent()
+        second_key.stop_agent()
+    yield NvidiaPart(base / "part", stub, key.public_key)
+
+
+def directory_apt(
+    part: NvidiaPart, directory: str, base: Path, key: str | None = None
+) -> PrivateApt:
+    repo = part.root / "cuda/repos" / directory / "x86_64"
+    signed_by = part.root / (key or cuda_key_path(directory))
+    return PrivateApt(
+        base,
+        [
+            f"deb [signed-by={signed_by}] file://{repo} /",
+            f"deb [signed-by={part.os_stub_key}] file://{part.os_stub} /",
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def cuda_apt(
+    nvidia_part: NvidiaPart, tmp_path_factory: pytest.TempPathFactory
+) -> Mapping[str, PrivateApt]:
+    apts = {}
+    for directory in CUDA_DIRECTORIES:
+        apt = directory_apt(nvidia_part, directory, tmp_path_factory.mktemp(directory))
+        apt.run("update")
+        apts[directory] = apt
+    return apts
+
+
+def uninstallable(apt: PrivateApt, *packages: str) -> str:
+    result = apt.run("install", "--simulate", *packages, check=False)
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
+def test_every_directory_publishes_its_key_and_verifies_with_it(
+    nvidia_part: NvidiaPart, cuda_apt: Mapping[str, PrivateApt], tmp_path: Path
+) -> None:
+    keys = {d: cuda_key_path(d) for d in CUDA_DIRECTORIES}
+    assert keys == {
+        "ubuntu2004": "cuda/repos/ubuntu2004/x86_64/3bf863cc.pub",
+        "ubuntu2204": "cuda/repos/ubuntu2204/x86_64/3bf863cc.pub",
+        "ubuntu2404": "cuda/repos/ubuntu2404/x86_64/3bf863cc.pub",
+        "debian11": "cuda/repos/debian11/x86_64/3bf863cc.pub",
+        "debian12": "cuda/repos/debian12/x86_64/3bf863cc.pub",
+        "debian13": "cuda/repos/debian13/x86_64/8793F200.pub",
+    }
+    for directory, apt in cuda_apt.items():
+        output = apt.run("update").stdout + apt.run("update").stderr
+        assert "W:" not in output and "E:" not in output, directory
+    # debian13's repository is not signed by the key of the others, nor they by its key.
+    for directory, other_key in (("debian13", keys["debian12"]), ("debian12", keys["debian13"])):
+        wrong = directory_apt(nvidia_part, directory, tmp_path / directory, other_key)
+        result = wrong.run("update", check=False)
+        assert "NO_PUBKEY" in result.stdout + result.stderr
+        assert wrong.run("install", "--simulate", "cuda-drivers", check=False).returncode != 0
+
+
+def test_ubuntu2004_has_cuda_11_2_cudnn_8_1_and_r470(cuda_apt: Mapping[str, PrivateApt]) -> None:
+    apt = cuda_apt["ubuntu2004"]
+    versions = apt.simulate_install("cuda-toolkit-11-2=11.2.1-1", "cuda-drivers-470=470.141.03-1")
+    assert versions["cuda-toolkit-11-2"] == "11.2.1-1"
+    assert versions["cuda-cudart-11-2"] == "11.2.152-1"  # (>=): the newest component
+    assert versions["nvidia-driver-470"] == "470.239.06-0ubuntu1"
+    assert "libnvidia-ifr1-470" in versions
+    cudnn = apt.simulate_install(
+        "libcudnn8-dev=8.1.0.77-1+cuda11.2", "libcudnn8=8.1.0.77-1+cuda11.2"
+    )
+    assert cudnn["libcudnn8"] == "8.1.0.77-1+cuda11.2"
+    # nvidia-settings wants libxnvctrl0 of its release exactly: pinned alone it is held broken.
+    alone = uninstallable(apt, "nvidia-settings=470.182.03-0ubuntu1")
+    assert "libxnvctrl0 (= 470.182.03-0ubuntu1) but 550.144.03-0ubuntu1" in alone
+    both = apt.simulate_install(
+        "nvidia-settings=470.182.03-0ubuntu1", "libxnvctrl0=470.182.03-0ubuntu1"
+    )
+    assert both["libxnvctrl0"] == "470.182.03-0ubuntu1"
+
+
+def test_ubuntu2204_starts_at_r515_and_has_two_r580_releases(
+    cuda_apt: Mapping[str, PrivateApt],
+) -> None:
+    apt = cuda_apt["ubuntu2204"]
+    for missing in (
+        "cuda-toolkit-11-2",
+        "nvidia-driver-470",
+        "cuda-drivers-470",
+        "libcudnn8=8.1.1.33-1+cuda11.2",
+    ):
+        assert "Unable to locate" in uninstallable(apt, missing) or "not found" in uninstallable(
+            apt, missing
+        )
+    assert apt.simulate_install("cuda-drivers-580")["nvidia-driver-580"] == "580.126.16-1ubuntu1"
+    old = apt.simulate_install(
+        *(f"{name}=580.95.05-0ubuntu1" for name in (
+            "nvidia-driver-580", "nvidia-dkms-580", "nvidia-kernel-common-580",
+            "nvidia-kernel-source-580", "nvidia-utils-580", "nvidia-compute-utils-580",
+            "libnvidia-compute-580", "libnvidia-gl-580", "libnvidia-common-580",
+            "libnvidia-extra-580", "libnvidia-decode-580", "libnvidia-encode-580",
+            "libnvidia-cfg1-580", "libnvidia-fbc1-580", "xserver-xorg-video-nvidia-580",
+        ))
+    )  # fmt: skip
+    assert set(old.values()) - {"1.0-1"} == {"580.95.05-0ubuntu1"}
+    assert "libnvidia-ifr1-580" not in old
+    assert apt.simulate_install("cuda-toolkit-11-8")["cuda-nvcc-11-8"] == "11.8.89-1"
+
+
+def test_ubuntu_open_and_proprietary_flavours_do_not_mix(
+    cuda_apt: Mapping[str, PrivateApt],
+) -> None:
+    apt = cuda_apt["ubuntu2204"]
+    headless = apt.simulate_install("nvidia-headless-580-open")
+    assert {"nvidia-dkms-580-open", "nvidia-kernel-source-580-open"} <= headless.keys()
+    assert (
+        not {"nvidia-dkms-580", "nvidia-kernel-source-580", "nvidia-driver-580"} & headless.keys()
+    )
+    for pair in (
+        ("nvidia-driver-580", "nvidia-driver-580-open"),
+        ("nvidia-dkms-580", "nvidia-dkms-580-open"),
+        ("nvidia-headless-580", "nvidia-kernel-source-580-open"),
+    ):
+        uninstallable(apt, *pair)
+    # R470 has no open flavour.
+    assert "Unable to locate" in uninstallable(cuda_apt["ubuntu2004"], "nvidia-driver-470-open")
+
+
+def test_ubuntu2404_starts_at_r550(cuda_apt: Mapping[str, PrivateApt]) -> None:
+    apt = cuda_apt["ubuntu2404"]
+    uninstallable(apt, "cuda-drivers-535")
+    uninstallable(apt, "cuda-toolkit-11-2")
+    versions = apt.simulate_install("cuda-drivers-550")
+    assert versions["nvidia-driver-550"] == "550.144.03-0ubuntu1"
+    assert apt.simulate_install("cuda-toolkit-12-6")["cuda-toolkit-12-6"] == "12.6.3-1"
+    pinning = apt.simulate_install("nvidia-driver-pinning-580.126.16")
+    assert pinning == {"nvidia-driver-pinning-580.126.16": "580.126.16-1ubuntu1"}
+
+
+def test_debian12_uses_debians_names(cuda_apt: Mapping[str, PrivateApt]) -> None:
+    apt = cuda_apt["debian12"]
+    for missing in (
+        "nvidia-driver-580",
+        "libnvidia-compute-580",
+        "nvidia-utils-580",
+        "cuda-toolkit-11-2",
+    ):
+        uninstallable(apt, missing)
+    versions = apt.simulate_install("nvidia-driver", "nvidia-driver-cuda")
+    assert versions["nvidia-driver"] == versions["libcuda1"] == "580.105.08-1"
+    assert {"nvidia-kernel-dkms", "nvidia-smi", "libnvidia-ml1", "nvidia-persistenced",
+            "firmware-nvidia-gsp", "nvidia-alternative"} <= versions.keys()  # fmt: skip
+    # cuda-drivers-<branch> depends on nvidia-driver (>= the branch's floor): it pulls the newest.
+    assert apt.simulate_install("cuda-drivers-545")["nvidia-driver"] == "580.105.08-1"
+    pinned = apt.simulate_install("nvidia-driver=545.23.08-1", "nvidia-driver-libs=545.23.08-1",
+        "nvidia-driver-bin=545.23.08-1", "xserver-xorg-video-nvidia=545.23.08-1",
+        "nvidia-alternative=545.23.08-1", "nvidia-kernel-dkms=545.23.08-1",
+        "nvidia-kernel-support=545.23.08-1", "firmware-nvidia-gsp=545.23.08-1")  # fmt: skip
+    assert pinned["nvidia-kernel-dkms"] == "545.23.08-1"
+    uninstallable(apt, "nvidia-kernel-dkms", "nvidia-kernel-open-dkms")
+    open_driver = apt.simulate_install("nvidia-open")
+    assert "nvidia-kernel-open-dkms" in open_driver and "nvidia-kernel-dkms" not in open_driver
+
+
+def test_debian11_and_debian13_carry_what_they_really_have(
+    cuda_apt: Mapping[str, PrivateApt],
+) -> None:
+    assert cuda_apt["debian11"].simulate_install("cuda-drivers")["nvidia-driver"] == "550.90.07-1"
+    uninstallable(cuda_apt["debian11"], "cuda-drivers-470")
+    trixie = cuda_apt["debian13"]
+    # No R580 in debian13 (NVIDIA/cuda-repo-management#38, #40).
+    uninstallable(trixie, "cuda-drivers-580")
+    uninstallable(trixie, "nvidia-driver=580.105.08-1")
+    versions = trixie.simulate_install("nvidia-open", "cuda-toolkit-13-0")
+    assert versions["nvidia-driver"] == "590.48.01-1"
+    assert versions["cuda-toolkit-13-0"] == "13.0.0-1"
+    uninstallable(trixie, "libcudnn8")
+
+
+@pytest.mark.parametrize(
+    ("directory", "choice", "revisions"),
+    [
+        # gpufleet's default on Ubuntu 20.04: R535, proprietary, headless.
+        (
+            "ubuntu2004",
+            DriverChoice(
+                DriverNaming.UBUNTU, "535", "535.183.01", KernelModules.PROPRIETARY, headless=True
+            ),
+            {"535.183.01-0ubuntu1"},
+        ),
+        (
+            "ubuntu2204",
+            DriverChoice(
+                DriverNaming.UBUNTU, "580", "580.126.16", KernelModules.OPEN, headless=True
+            ),
+            {"580.126.16-1ubuntu1"},
+        ),
+        (
+            "ubuntu2204",
+            DriverChoice(
+                DriverNaming.UBUNTU, "580", "580.95.05", KernelModules.OPEN, headless=False
+            ),
+            {"580.95.05-0ubuntu1"},
+        ),
+        (
+            "debian12",
+            DriverChoice(
+                DriverNaming.DEBIAN, "580", "580.105.08", KernelModules.OPEN, headless=True
+            ),
+            {"580.105.08-1"},
+        ),
+    ],
+)
+def test_gpufleets_driver_choices_install_one_release_and_nothing_else(
+    cuda_apt: Mapping[str, PrivateApt],
+    directory: str,
+    choice: DriverChoice,
+    revisions: set[str],
+) -> None:
+    # Every package gpufleet pins exists at the release, and apt pulls no other release's
+    # driver package in beside them (a package the pins miss would float to the newest).
+    pins = gpufleet_driver_pins(choice)
+    versions = cuda_apt[directory].simulate_install(
+        *(f"{name}={pattern}" for name, pattern in pins.items())
+    )
+    assert pins.keys() <= versions.keys()
+    nvidia = {
+        name: version
+        for name, version in versions.items()
+        if version.startswith(choice.branch + ".")
+    }
+    assert set(nvidia.values()) == revisions
+    assert nvidia.keys() == pins.keys()

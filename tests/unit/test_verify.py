@@ -43,7 +43,13 @@ from gpufleet.facts.verify import (
 )
 from gpufleet.fleet_report import load_rows
 from gpufleet.settings import SettingsError, read_settings
-from tests.fakehost import FIXTURE_KEY_DATA, bare_debian_12, converged_ubuntu_2004, plan
+from tests.fakehost import (
+    FIXTURE_KEY_DATA,
+    bare_debian_12,
+    bare_ubuntu_2004,
+    converged_ubuntu_2004,
+    plan,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 T4_UUID = "GPU-d37e67a5-91dd-3774-a5cb-99096249601a"
@@ -173,7 +179,9 @@ def test_each_layer_fails_on_its_real_failure_output(
 
 
 def test_a_wrong_cudnn_is_fixed_by_installing_the_whole_pinned_version() -> None:
-    pins = replace(PINS, cudnn_version=expectations_for(read_settings({})).cudnn_version)
+    pins = replace(
+        PINS, cudnn_version=expectations_for(read_settings({}), "535.183.01").cudnn_version
+    )
     cudnn_9 = fixture_lines("facts/cudnn_version-9.5.0-grep.txt")
     verdict = verdict_for({**healthy_sections(), "cudnn_version": cudnn_9}, pins)
     assert verdict["summary"].startswith("gpu-01: BROKEN at cuda: cuDNN 9.5.0 instead of 8.1.1.33")
@@ -322,7 +330,32 @@ def test_host_test_plans_its_virtualenv_and_refuses_a_python_too_new(
         f"python3 -m venv {HOST_TENSORFLOW_VENV}"
     ]
 
+    # Debian 12 plans its stack from a mirror of NVIDIA's ubuntu2004 repository (its own
+    # debian12 one has no CUDA 11.2): then its python3 is what refuses the host test.
     debian = bare_debian_12()
+    mirror = "https://mirror.example.com/cuda/repos/ubuntu2004/x86_64/"
     with pytest.raises(PyinfraError, match="No hosts remaining"):
-        plan({"gpu-02": (debian, data)}, verify)
+        plan({"gpu-02": (debian, {**data, "nvidia_cuda_repo_url": mirror})}, verify)
     assert "which has python3 3.11.2" in caplog.text
+
+
+def test_standalone_verification_expects_the_driver_the_hosts_os_gets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Ubuntu 20.04's default driver is R535 (NVIDIA's ubuntu2004 repository has no R580).
+    plan({"gpu-01": (bare_ubuntu_2004(), FIXTURE_KEY_DATA)}, verify)
+    assert "BROKEN at driver: the NVIDIA driver is not installed — install driver 535.183.01" in (
+        caplog.text
+    )
+
+
+def test_standalone_verification_refuses_a_host_its_stack_does_not_fit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without a plan there is no driver version to expect.
+    with pytest.raises(PyinfraError, match="No hosts remaining"):
+        plan({"gpu-02": (bare_debian_12(), FIXTURE_KEY_DATA)}, verify)
+    assert "refusing to deploy, nothing was changed on the host" in caplog.text
+    assert "cuda_version = '11.2': NVIDIA's debian12 repository has no cuda-toolkit-11-2" in (
+        caplog.text
+    )
