@@ -130,8 +130,12 @@ def configure_pending(lock_timeout: int) -> str:
     failure when the lock outlives it.
     """
     errors = "/run/gpufleet-dpkg.err"
+    # dpkg 1.20 and later name the holder's pid; Ubuntu 20.04's 1.19 does not, and the kernel's
+    # lock table (lslocks, util-linux) tells it instead.
     holder = (
         f"pid=$(sed -n 's/.*locked by another process with pid \\([0-9]*\\).*/\\1/p' {errors}); "
+        '[ -n "$pid" ] || pid=$(lslocks -n -r -o PID,PATH 2>/dev/null '
+        "| awk '$2 ~ \"^/var/lib/dpkg/lock\" { print $1; exit }'); "
         'holder="${pid:+pid $pid, $(ps -o args= -p "$pid")}"; '
         f'holder="${{holder:-$(head -n 1 {errors})}}"; '
     )

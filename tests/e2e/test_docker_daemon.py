@@ -16,7 +16,7 @@ import pytest
 from testbed.fleet import Fleet, FleetFactory, TestHost
 from testbed.images import build_image_tarball, import_image
 from testbed.repos import RepoTree
-from testbed.runs import DeployRun, run_deploy
+from testbed.runs import DeployRun, repo_data, run_deploy
 from tests.e2e.test_gpu_host_deploy import (
     TEST_IMAGE,
     assert_converged,
@@ -41,13 +41,17 @@ def running_daemon(fleet: Fleet, host: TestHost) -> tuple[str, list[str]]:
 
 
 def deploy(fleet: Fleet, tmp_path: Path, repo: RepoTree, data: dict[str, Any]) -> DeployRun:
-    return run_deploy(fleet, inventory(fleet, tmp_path, repo, data))
+    # A mirror of NVIDIA's ubuntu2004 repository: the one with CUDA 11.2, for any host.
+    mirror = repo_data(repo, "ubuntu20.04")
+    return run_deploy(fleet, inventory(fleet, tmp_path, repo, {**mirror, **data}))
 
 
 def test_docker_runs_with_its_daemon_json_and_running_jobs_are_kept(
     fleet_factory: FleetFactory, repo_tree: RepoTree, cache_dir: Path, tmp_path: Path
 ) -> None:
-    fleet = fleet_factory(count=1)
+    # Debian 12's dockerd 20.10 has no --validate: a daemon.json it cannot start with is only
+    # found by the restart, which must then restore the file before it.
+    fleet = fleet_factory(count=1, os_release="debian12")
     (host,) = fleet.hosts
     ssh_ok(fleet, host, "mkdir -p /etc/docker && echo '{\"log-opts\": {\"max-file\": \"3\"}}' "
                         "> /etc/docker/daemon.json")  # fmt: skip

@@ -30,12 +30,14 @@ pytestmark = pytest.mark.e2e
 
 OLD, NEW = "470.182.03", "470.239.06"
 STANDIN_CONFIG = "/etc/nvidia-standin/gpus.json"
-HELD_DRIVER = "apt-mark showhold | grep -c '^nvidia-driver-' || true"
+# One package of every driver, whatever its packages: the compute library.
+HELD_DRIVER = "apt-mark showhold | grep -c '^libnvidia-compute-' || true"
 
 
 def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Path:
     settings = {
         **repo_data(repo, fleet.os_release),
+        "nvidia_driver_version": OLD,
         "gpu_reboot_allowed": True,
         "gpu_smoke_test": False,
         # The verification's container layer runs this image (imported by converged()).
@@ -85,7 +87,7 @@ def running_driver(fleet: Fleet, host: TestHost) -> str:
 
 
 def installed_driver(fleet: Fleet, host: TestHost) -> str:
-    return ssh_ok(fleet, host, "dpkg-query -W -f '${Version}' 'nvidia-driver-*'").strip()
+    return ssh_ok(fleet, host, "dpkg-query -W -f '${Version}' 'libnvidia-compute-*'").strip()
 
 
 def container_running(fleet: Fleet, host: TestHost, name: str) -> bool:
@@ -201,9 +203,9 @@ def test_branch_change_replaces_the_old_family_and_reboot_required_stops(
     assert run.returncode != 0
     assert (
         "REBOOT REQUIRED (kernel module 470.182.03 is loaded, 535.183.01 is pinned)" in run.output
-    )
+    ), run.output[-5000:]
     holds = ssh_ok(fleet, host, "apt-mark showhold").split()
-    assert "nvidia-driver-535" in holds and not any(h.endswith("-470") for h in holds)
+    assert "libnvidia-compute-535" in holds and not any(h.endswith("-470") for h in holds)
 
     # The next run (reboot allowed) finishes what the first one could not.
     upgrade = write_inventory(fleet, tmp_path / "upgrade.py", repo_tree, **branch_535)

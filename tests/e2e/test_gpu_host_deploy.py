@@ -114,7 +114,7 @@ def test_bare_host_converges_then_changes_nothing(
 
     first = run_deploy(fleet, path)
     assert_converged(first)
-    assert "NVIDIA driver 470.182.03 (pinned, held)" in " ".join(first.changed()[host.address])
+    assert "NVIDIA driver 535.183.01 (pinned, held)" in " ".join(first.changed()[host.address])
     started = docker_started(fleet, host)
 
     second = run_deploy(fleet, path, "--debug")
@@ -132,8 +132,8 @@ def test_bare_host_converges_then_changes_nothing(
 def test_users_docker_daemon_json_and_holds_are_kept(
     fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
 ) -> None:
-    # Debian 11 with docker already installed and configured by its user.
-    fleet = fleet_factory(count=1, os_release="debian11")
+    # Ubuntu 20.04 with docker already installed and configured by its user.
+    fleet = fleet_factory(count=1, os_release="ubuntu20.04")
     (host,) = fleet.hosts
     ssh_ok(fleet, host, "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
                         "apt-get install -y -q --no-install-recommends docker.io")  # fmt: skip
@@ -170,25 +170,28 @@ BROKEN_DAEMON_JSON = '{"log-driver": "json-file",, }'
 
 
 @pytest.mark.parametrize(
-    ("host_setup", "data", "message"),
+    ("os_release", "host_setup", "data", "message"),
     [
-        (None, {"nvidia_driver_branch": "450", "nvidia_driver_version": "450.51"},
+        # ubuntu2004 carries R450; the driver is too old for the toolkit.
+        ("ubuntu20.04", None, {"nvidia_driver_branch": "450", "nvidia_driver_version": "450.51"},
          "nvidia_driver_version = '450.51' is too old for CUDA 11.2.2"),
-        (None, {"cuda_version": "11.9"},
+        ("debian12", None, {"cuda_version": "11.9"},
          "cuda_version = '11.9' is not a CUDA release gpufleet knows"),
-        (None, {"cuda_version": "12.2", "cuda_package_version": "12.2.2",
-                "nvidia_driver_branch": "535", "nvidia_driver_version": "535.183.01",
-                "tensorflow_image": "example/custom:1"},
+        ("debian12", None, {"cuda_version": "12.2", "cuda_package_version": "12.2.2",
+                            "nvidia_driver_branch": "535", "nvidia_driver_version": "535.183.01",
+                            "tensorflow_image": "example/custom:1"},
          "cudnn_version = '8.1.1.33': cuDNN 8.1 was built for CUDA 10.2, 11.2"),
-        (None, {"nvidia_cuda_repo_url": None},
-         "NVIDIA's debian12 repository does not carry CUDA 11.2"),
+        ("debian12", None, {"nvidia_cuda_repo_url": None},
+         "cuda_version = '11.2': NVIDIA's debian12 repository has no cuda-toolkit-11-2"),
         # A daemon.json that does not parse is the user's to fix; gpufleet leaves it as it is.
-        (f"mkdir -p /etc/docker && printf '%s\\n' '{BROKEN_DAEMON_JSON}' > /etc/docker/daemon.json",
+        ("debian12",
+         f"mkdir -p /etc/docker && printf '%s\\n' '{BROKEN_DAEMON_JSON}' > /etc/docker/daemon.json",
          {}, "/etc/docker/daemon.json cannot be read as dockerd reads it (line 1 column 28"),
-        # Debian's dockerd 20.10 refuses a byte order mark that Python's json would skip.
-        ("mkdir -p /etc/docker && printf '\\357\\273\\277{}\\n' > /etc/docker/daemon.json",
+        # Debian 12's dockerd 20.10 refuses a byte order mark that Python's json would skip.
+        ("debian12",
+         "mkdir -p /etc/docker && printf '\\357\\273\\277{}\\n' > /etc/docker/daemon.json",
          {}, "(it starts with a UTF-8 byte order mark, which dockerd before 23.0 cannot read"),
-        (None, {"docker_daemon_config": {"runtimes": "oops"}},
+        ("debian12", None, {"docker_daemon_config": {"runtimes": "oops"}},
          "would make a daemon.json that dockerd cannot read: \"runtimes\" must be an object"),
     ],
     ids=["old-driver", "unknown-cuda", "cudnn-for-other-cuda", "debian12-no-mirror",
@@ -198,12 +201,12 @@ def test_refused_input_leaves_the_host_byte_for_byte_unchanged(
     fleet_factory: FleetFactory,
     repo_tree: RepoTree,
     tmp_path: Path,
+    os_release: str,
     host_setup: str | None,
     data: dict[str, Any],
     message: str,
 ) -> None:
-    # Debian 12, as written: its NVIDIA repository (no CUDA 11.2) and its dockerd 20.10.
-    fleet = fleet_factory(count=1, os_release="debian12")
+    fleet = fleet_factory(count=1, os_release=os_release)
     (host,) = fleet.hosts
     if host_setup:
         ssh_ok(fleet, host, host_setup)
@@ -231,7 +234,7 @@ def test_interrupted_run_is_finished_by_the_next(
     # runs on to its end on the host, and leaves the driver installed and held.
     kill_while_running(fleet, host, controller, "dkms")
     wait_for_package_transaction(fleet, host)
-    assert ssh_ok(fleet, host, "apt-mark showhold | grep -c '^nvidia-driver-470$'").strip() == "1"
+    assert ssh_ok(fleet, host, "apt-mark showhold | grep -c '^nvidia-dkms-535$'").strip() == "1"
 
     assert_converged(run_deploy(fleet, path))
     again = run_deploy(fleet, path)
@@ -258,7 +261,7 @@ def test_fleet_of_eight_converges_around_one_broken_host(
         versions = ssh_ok(
             fleet, host, "nvidia-smi --query-gpu=driver_version --format=csv,noheader"
         )
-        assert versions.strip() == "470.182.03"
+        assert versions.strip() == "535.183.01"
     limits = [option for host in healthy for option in ("--limit", host.address)]
     again = run_deploy(fleet, path, *limits)
     assert again.results is not None and again.results["totals"]["hosts"] > 0

@@ -77,7 +77,7 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
 
     result = json.loads((results / f"{host.address}.json").read_text())
     assert result["host"] == host.address
-    assert result["os"] == "Debian GNU/Linux 12 (bookworm)"
+    assert result["os"] == "Ubuntu 20.04.6 LTS"
     assert result["verdict"]["summary"] == summary
     # The test host has no pciutils (and no NVIDIA device): the PCI bus could not be read, which
     # is reported, and the layers above are still checked.
@@ -93,7 +93,7 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
     )
     facts = result["facts"]
     assert facts["lspci"] is None
-    assert facts["nvidia_smi"]["driver_version"] == "470.182.03"
+    assert facts["nvidia_smi"]["driver_version"] == "535.183.01"
     (gpu,) = facts["nvidia_smi"]["gpus"]
     assert gpu["name"] == "Tesla T4" and gpu["persistence_mode"] is True
     assert facts["cuda"]["toolkits"]["11.2"]["nvcc_release"] == "11.2"
@@ -136,15 +136,19 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
     assert "1 hosts: 0 ok, 1 broken, 0 unverified, 0 unreadable, 0 drifted" in markdown
     (row,) = [line for line in markdown.splitlines() if line.startswith(f"| {host.address} |")]
     # CUDA lists /usr/local/cuda-11 too: the toolkit's alternatives link for the 11.x series.
-    assert "| 470.182.03 | 11.2 | 8.1.1 | default nvidia, nvidia registered | 1x Tesla T4 |" in row
+    assert "| 535.183.01 | 11.2 | 8.1.1 | default nvidia, nvidia registered | 1x Tesla T4 |" in row
     assert row.endswith("| framework |")
     assert f"- {summary}" in markdown
     assert summary in (results / "fleet-report.html").read_text()
 
-    # TensorFlow 2.9 has no wheels for Debian 12's Python 3.11: the host test is refused up front.
-    refused = run_deploy(
-        fleet, inventory, "--data", "tensorflow_host_test=true", deploy="deploys/verify.py"
+    # TensorFlow 2.9 has no wheels for Debian 12's Python 3.11: the host test is refused up front
+    # (on a Debian 12 host given a mirror of NVIDIA's ubuntu2004 repository, which has CUDA 11.2).
+    debian = fleet_factory(count=1, os_release="debian12")
+    debian_inventory = debian.write_inventory(
+        tmp_path / "inventory-debian12.py",
+        {**data, **repo_data(repo_tree, "ubuntu20.04"), "tensorflow_host_test": True},
     )
+    refused = run_deploy(debian, debian_inventory, deploy="deploys/verify.py")
     assert refused.returncode != 0
     assert "refusing to deploy, nothing was changed on the host" in refused.output
     assert "TensorFlow 2.9.0 needs Python 3.7 to 3.10 on the host, which has python3 3.11" in (

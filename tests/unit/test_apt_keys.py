@@ -120,3 +120,39 @@ def test_another_files_entry_for_the_repository_is_disabled_others_kept(tmp_path
     )
     assert not deb822.exists()
     assert (tmp_path / "cuda.sources.disabled").read_text().startswith("Types: deb\n")
+
+
+# Ubuntu 20.04's dpkg 1.19 names no pid: the kernel's lock table tells who holds the lock.
+FAKE_DPKG_1_19 = """#!/bin/sh
+if [ -e "$(dirname "$0")/locked" ]; then
+    echo "dpkg: error: dpkg frontend is locked by another process" >&2
+    exit 2
+fi
+"""
+HOLD_LOCK = (
+    "import fcntl, sys, time; lock = open(sys.argv[1], 'w'); fcntl.lockf(lock, fcntl.LOCK_EX); "
+    "open(sys.argv[2], 'w').close(); time.sleep(30)"
+)
+
+
+def test_a_dpkg_that_names_no_pid_has_its_lock_holder_found_by_lslocks(
+    fake_dpkg: Path, tmp_path: Path
+) -> None:
+    (fake_dpkg / "dpkg").write_text(FAKE_DPKG_1_19)
+    (fake_dpkg / "locked").touch()
+    held = tmp_path / "held"
+    # The lock file dpkg and apt take; this machine's, held for a moment by a marked process.
+    holder = subprocess.Popen(
+        ["python3", "-c", HOLD_LOCK, "/var/lib/dpkg/lock-frontend", str(held)]
+    )
+    try:
+        while not held.exists():
+            pass
+        failed = run_transaction(fake_dpkg, ["echo installed"], 2, tmp_path / "apt.log")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert failed.returncode == 1
+    held_by = f"the dpkg lock is still held after 2s (gpu_apt_lock_timeout) by pid {holder.pid}, "
+    assert held_by in failed.stdout, failed.stdout
+    assert "python3 -c import fcntl" in failed.stdout.split(held_by, 1)[1]

@@ -16,6 +16,16 @@ from gpufleet.stack.catalog import (
     replaced_driver_packages,
 )
 from gpufleet.stack.repositories import DriverNaming
+from tests.unit.driver_packages import (
+    DEBIAN_FULL_OPEN,
+    DEBIAN_HEADLESS_PROPRIETARY,
+    R470_FULL_PROPRIETARY,
+    R470_HEADLESS_PROPRIETARY,
+    R580_FULL_OPEN,
+    R580_FULL_PROPRIETARY,
+    R580_HEADLESS_OPEN,
+    R580_HEADLESS_PROPRIETARY,
+)
 
 OPEN, PROPRIETARY = KernelModules.OPEN, KernelModules.PROPRIETARY
 UBUNTU, DEBIAN = DriverNaming.UBUNTU, DriverNaming.DEBIAN
@@ -27,159 +37,6 @@ def ubuntu(branch: str, version: str, modules: KernelModules, headless: bool) ->
 
 def debian(branch: str, version: str, modules: KernelModules, headless: bool) -> DriverChoice:
     return DriverChoice(DEBIAN, branch, version, modules, headless)
-
-
-R580_HEADLESS_OPEN = [
-    "libnvidia-cfg1-580",
-    "libnvidia-common-580",
-    "libnvidia-compute-580",
-    "libnvidia-decode-580",
-    "libnvidia-encode-580",
-    "libnvidia-extra-580",
-    "nvidia-compute-utils-580",
-    "nvidia-dkms-580-open",
-    "nvidia-headless-580-open",
-    "nvidia-headless-no-dkms-580-open",
-    "nvidia-kernel-common-580",
-    "nvidia-kernel-source-580-open",
-    "nvidia-modprobe",
-    "nvidia-utils-580",
-]
-R580_HEADLESS_PROPRIETARY = [
-    "libnvidia-cfg1-580",
-    "libnvidia-common-580",
-    "libnvidia-compute-580",
-    "libnvidia-decode-580",
-    "libnvidia-encode-580",
-    "libnvidia-extra-580",
-    "nvidia-compute-utils-580",
-    "nvidia-dkms-580",
-    "nvidia-headless-580",
-    "nvidia-headless-no-dkms-580",
-    "nvidia-kernel-common-580",
-    "nvidia-kernel-source-580",
-    "nvidia-modprobe",
-    "nvidia-utils-580",
-]
-R580_FULL_OPEN = [
-    "libnvidia-cfg1-580",
-    "libnvidia-common-580",
-    "libnvidia-compute-580",
-    "libnvidia-decode-580",
-    "libnvidia-encode-580",
-    "libnvidia-extra-580",
-    "libnvidia-fbc1-580",
-    "libnvidia-gl-580",
-    "libxnvctrl0",
-    "nvidia-compute-utils-580",
-    "nvidia-dkms-580-open",
-    "nvidia-driver-580-open",
-    "nvidia-headless-580-open",
-    "nvidia-headless-no-dkms-580-open",
-    "nvidia-kernel-common-580",
-    "nvidia-kernel-source-580-open",
-    "nvidia-modprobe",
-    "nvidia-settings",
-    "nvidia-utils-580",
-    "xserver-xorg-video-nvidia-580",
-]
-# cuda-drivers-580 depends on the proprietary nvidia-driver-580: only here.
-R580_FULL_PROPRIETARY = [
-    "cuda-drivers-580",
-    "libnvidia-cfg1-580",
-    "libnvidia-common-580",
-    "libnvidia-compute-580",
-    "libnvidia-decode-580",
-    "libnvidia-encode-580",
-    "libnvidia-extra-580",
-    "libnvidia-fbc1-580",
-    "libnvidia-gl-580",
-    "libxnvctrl0",
-    "nvidia-compute-utils-580",
-    "nvidia-dkms-580",
-    "nvidia-driver-580",
-    "nvidia-headless-580",
-    "nvidia-headless-no-dkms-580",
-    "nvidia-kernel-common-580",
-    "nvidia-kernel-source-580",
-    "nvidia-modprobe",
-    "nvidia-settings",
-    "nvidia-utils-580",
-    "xserver-xorg-video-nvidia-580",
-]
-# NvIFR (libnvidia-ifr1-<branch>) is part of the full driver up to R470.
-R470_FULL_PROPRIETARY = [
-    "cuda-drivers-470",
-    "libnvidia-cfg1-470",
-    "libnvidia-common-470",
-    "libnvidia-compute-470",
-    "libnvidia-decode-470",
-    "libnvidia-encode-470",
-    "libnvidia-extra-470",
-    "libnvidia-fbc1-470",
-    "libnvidia-gl-470",
-    "libnvidia-ifr1-470",
-    "libxnvctrl0",
-    "nvidia-compute-utils-470",
-    "nvidia-dkms-470",
-    "nvidia-driver-470",
-    "nvidia-headless-470",
-    "nvidia-headless-no-dkms-470",
-    "nvidia-kernel-common-470",
-    "nvidia-kernel-source-470",
-    "nvidia-modprobe",
-    "nvidia-settings",
-    "nvidia-utils-470",
-    "xserver-xorg-video-nvidia-470",
-]
-R470_HEADLESS_PROPRIETARY = [
-    "libnvidia-cfg1-470",
-    "libnvidia-common-470",
-    "libnvidia-compute-470",
-    "libnvidia-decode-470",
-    "libnvidia-encode-470",
-    "libnvidia-extra-470",
-    "nvidia-compute-utils-470",
-    "nvidia-dkms-470",
-    "nvidia-headless-470",
-    "nvidia-headless-no-dkms-470",
-    "nvidia-kernel-common-470",
-    "nvidia-kernel-source-470",
-    "nvidia-modprobe",
-    "nvidia-utils-470",
-]
-DEBIAN_HEADLESS_PROPRIETARY = [
-    "firmware-nvidia-gsp",
-    "libcuda1",
-    "libnvidia-cfg1",
-    "libnvidia-ml1",
-    "nvidia-alternative",
-    "nvidia-driver-cuda",
-    "nvidia-kernel-dkms",
-    "nvidia-kernel-support",
-    "nvidia-modprobe",
-    "nvidia-persistenced",
-    "nvidia-smi",
-]
-DEBIAN_FULL_OPEN = [
-    "firmware-nvidia-gsp",
-    "libcuda1",
-    "libnvidia-cfg1",
-    "libnvidia-ml1",
-    "nvidia-alternative",
-    "nvidia-driver",
-    "nvidia-driver-bin",
-    "nvidia-driver-cuda",
-    "nvidia-driver-libs",
-    "nvidia-kernel-open-dkms",
-    "nvidia-kernel-support",
-    "nvidia-modprobe",
-    "nvidia-persistenced",
-    "nvidia-settings",
-    "nvidia-smi",
-    "nvidia-vdpau-driver",
-    "xserver-xorg-video-nvidia",
-]
 
 
 @pytest.mark.parametrize(

@@ -22,37 +22,11 @@ from gpufleet.facts.nvidia import nvidia_smi_error
 from gpufleet.stack.catalog import DriverChoice, KernelModules
 from gpufleet.stack.repositories import DriverNaming
 from tests.fakehost import bare_ubuntu_2004, prepare
+from tests.unit.driver_packages import R470_FULL_PROPRIETARY
 
 JOB_ID = "a" * 64
 WEB_ID = "b" * 64
 DEVICE_REQUEST = '[{"Driver":"","Count":-1,"DeviceIDs":null,"Capabilities":[["gpu"]]}]'
-
-
-# The full R470 driver, proprietary kernel modules, as NVIDIA's Ubuntu repositories name it.
-R470_FULL = (
-    "cuda-drivers-470",
-    "libnvidia-cfg1-470",
-    "libnvidia-common-470",
-    "libnvidia-compute-470",
-    "libnvidia-decode-470",
-    "libnvidia-encode-470",
-    "libnvidia-extra-470",
-    "libnvidia-fbc1-470",
-    "libnvidia-gl-470",
-    "libnvidia-ifr1-470",
-    "libxnvctrl0",
-    "nvidia-compute-utils-470",
-    "nvidia-dkms-470",
-    "nvidia-driver-470",
-    "nvidia-headless-470",
-    "nvidia-headless-no-dkms-470",
-    "nvidia-kernel-common-470",
-    "nvidia-kernel-source-470",
-    "nvidia-modprobe",
-    "nvidia-settings",
-    "nvidia-utils-470",
-    "xserver-xorg-video-nvidia-470",
-)
 
 
 def r470(version: str = "470.182.03") -> DriverChoice:
@@ -65,7 +39,8 @@ def host_on(version: str, loaded: str | None = None) -> GpuHostStateInfo:
     for ``loaded``."""
     state = GpuHostState.default()
     state["packages"] = {
-        name: {"version": f"{version}-1", "held": True, "installed": True} for name in R470_FULL
+        name: {"version": f"{version}-1", "held": True, "installed": True}
+        for name in R470_FULL_PROPRIETARY
     }
     state["nvidia_smi"] = {
         "driver_version": loaded or version,
@@ -174,25 +149,9 @@ def test_branch_change_replaces_the_other_branchs_family() -> None:
     # The branch-less companions (nvidia-modprobe, nvidia-settings, libxnvctrl0) stay: R535's
     # full driver pins them too.
     assert replaced_driver_packages(state["packages"], r535) == [
-        "cuda-drivers-470",
-        "libnvidia-cfg1-470",
-        "libnvidia-common-470",
-        "libnvidia-compute-470",
-        "libnvidia-decode-470",
-        "libnvidia-encode-470",
-        "libnvidia-extra-470",
-        "libnvidia-fbc1-470",
-        "libnvidia-gl-470",
-        "libnvidia-ifr1-470",
-        "nvidia-compute-utils-470",
-        "nvidia-dkms-470",
-        "nvidia-driver-470",
-        "nvidia-headless-470",
-        "nvidia-headless-no-dkms-470",
-        "nvidia-kernel-common-470",
-        "nvidia-kernel-source-470",
-        "nvidia-utils-470",
-        "xserver-xorg-video-nvidia-470",
+        name
+        for name in R470_FULL_PROPRIETARY
+        if name not in ("libxnvctrl0", "nvidia-modprobe", "nvidia-settings")
     ]
     assert replaced_driver_packages(state["packages"], r470()) == []
 

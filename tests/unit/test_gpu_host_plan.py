@@ -29,6 +29,7 @@ from tests.fakehost import (
     sent_commands,
 )
 from tests.testinfra.correct_host import CONTAINER_TOOLKIT, MANAGED_FILES
+from tests.unit.driver_packages import R580_FULL_OPEN
 
 # The R535 headless family, proprietary kernel modules: Ubuntu 20.04's default driver (NVIDIA's
 # ubuntu2004 repository has no R580), with the branch-less nvidia-modprobe pinned along.
@@ -138,28 +139,6 @@ def test_full_open_r580_on_ubuntu_2204_pins_its_family() -> None:
         services={"ssh.service": (True, True)},
         python3_version="3.10.12",
     )
-    r580_full_open = [
-        "libnvidia-cfg1-580",
-        "libnvidia-common-580",
-        "libnvidia-compute-580",
-        "libnvidia-decode-580",
-        "libnvidia-encode-580",
-        "libnvidia-extra-580",
-        "libnvidia-fbc1-580",
-        "libnvidia-gl-580",
-        "libxnvctrl0",
-        "nvidia-compute-utils-580",
-        "nvidia-dkms-580-open",
-        "nvidia-driver-580-open",
-        "nvidia-headless-580-open",
-        "nvidia-headless-no-dkms-580-open",
-        "nvidia-kernel-common-580",
-        "nvidia-kernel-source-580-open",
-        "nvidia-modprobe",
-        "nvidia-settings",
-        "nvidia-utils-580",
-        "xserver-xorg-video-nvidia-580",
-    ]
     planned = changes(
         plan_one(
             ubuntu_2204,
@@ -171,7 +150,7 @@ def test_full_open_r580_on_ubuntu_2204_pins_its_family() -> None:
         )
     )
     assert planned["NVIDIA driver 580.159.04 (pinned, held)"] == [
-        install_command(*(f"'{name}=580.159.04-*'" for name in r580_full_open), hold=r580_full_open)
+        install_command(*(f"'{name}=580.159.04-*'" for name in R580_FULL_OPEN), hold=R580_FULL_OPEN)
     ]
 
 
