@@ -245,7 +245,6 @@ def _choose_driver(
     if problems:
         return None, problems
     naming = repository.naming if repository else platform.naming
-    where = f"NVIDIA's {repository.directory} repository" if repository else ""
     if repository and branch not in repository.driver_branches:
         pinned = [b for b in DRIVER_RELEASES if b in repository.driver_branches]
         setting = (
@@ -260,7 +259,8 @@ def _choose_driver(
             "nvidia_driver_version to one of their releases"
         )
         problems.append(
-            f"{setting}: {where} has no R{branch} driver packages; it carries "
+            f"{setting}: NVIDIA's {repository.directory} repository has no R{branch} driver "
+            "packages; it carries "
             f"{', '.join(repository.driver_branches)}: {fix}"
         )
     if naming is DriverNaming.UBUNTU and int(branch) >= FIRST_UNSUFFIXED_UBUNTU_BRANCH:
@@ -468,7 +468,9 @@ def offer_problems(
         missing = []
         for package, pattern in packages.items():
             versions = [offer["version"] for offer in offers.get(package, [])]
-            versions += [installed[package]] if package in installed else []
+            if package in installed:
+                versions.append(installed[package])
+            versions = list(dict.fromkeys(versions))  # the installed one is usually offered
             if not any(fnmatchcase(version, pattern or "*") for version in versions):
                 missing.append(f"{package} {pattern} (offered: {', '.join(versions) or 'none'})")
         if missing:

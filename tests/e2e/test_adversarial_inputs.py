@@ -159,16 +159,12 @@ def test_hostile_input_refuses_only_its_host_and_real_host_state_is_taken_in_str
     # The lock outlived the timeout: the host failed naming the holder, nothing installed.
     assert "the dpkg lock is still held after 5s (gpu_apt_lock_timeout) by pid" in output
     assert "python3 -c" in output
-    assert "nvidia-dkms-535" not in ssh_ok(
-        fleet, lock_timeout, "dpkg-query -W -f '${Package}\\n'"
-    )
+    assert "nvidia-dkms-535" not in ssh_ok(fleet, lock_timeout, "dpkg-query -W -f '${Package}\\n'")
 
     # The healthy host waited for the lock, took over cuda-keyring's entry, and apt works.
     apt_log = ssh_ok(fleet, healthy, "cat /var/log/gpufleet/apt.log")
     assert "gpufleet: waiting up to 600s for the dpkg lock, held by pid" in apt_log
-    assert (
-        ssh_ok(fleet, healthy, "apt-mark showhold | grep -c '^nvidia-dkms-535$'").strip() == "1"
-    )
+    assert ssh_ok(fleet, healthy, "apt-mark showhold | grep -c '^nvidia-dkms-535$'").strip() == "1"
     update = fleet.ssh(healthy, "apt-get update 2>&1")
     assert update.returncode == 0 and "Conflicting values" not in update.stdout, update.stdout
     keyring_list = ssh_ok(fleet, healthy, f"cat {CUDA_KEYRING_LIST}")

@@ -100,6 +100,24 @@ def test_ubuntu_2004_converges_the_default_stack_and_unattended_upgrades_leave_i
     assert second.returncode == 0, second.output[-6000:]
     assert second.changed() == {}, second.changed()
 
+    # A release the repository does not have: the host's apt, which now has its lists, says so
+    # in the one read, and the host is refused as it is.
+    before = ssh_ok(fleet, host, HOST_STATE)
+    missing = fleet.write_inventory(
+        tmp_path / "inventory-missing.py",
+        {**repo_data(repo_tree, "ubuntu20.04"), "gpu_verify": False,
+         "nvidia_driver_version": "535.216.01"},
+    )  # fmt: skip
+    refused = run_deploy(fleet, missing)
+    assert refused.returncode != 0
+    flat = " ".join(refused.output.split())
+    assert (
+        "nvidia_driver_version = '535.216.01': the host's apt, with the repository at "
+        f"{repo_tree.cuda_repo_url('ubuntu2004')}, offers no libnvidia-cfg1-535 535.216.01-* "
+        "(offered: 535.183.01-0ubuntu1)" in flat
+    ), refused.output[-4000:]
+    assert ssh_ok(fleet, host, HOST_STATE) == before
+
     # The driver's libraries stay put under unattended-upgrades even with a hold lifted and
     # NVIDIA's origin allowed (nvidia-modprobe has a newer release in the repository) ...
     allow_nvidia = 'Unattended-Upgrade::Origins-Pattern { "origin=NVIDIA"; };'
