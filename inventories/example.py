@@ -7,17 +7,26 @@ Every key below is optional; the values shown are gpufleet's defaults, so delete
 """
 
 GPUFLEET_DATA = {
-    # The stack: driver 470 (CUDA 11.4 capable) + CUDA 11.2 + cuDNN 8.1 is TensorFlow 2.9's.
-    "nvidia_driver_branch": "470",
-    "nvidia_driver_version": "470.182.03",
+    # The driver, unset: R580 (580.159.04) where the host's NVIDIA repository carries it, else
+    # the newest branch it carries that gpufleet pins (Ubuntu 20.04: 535.183.01); headless; open
+    # kernel modules from R560. Pin both to hold the fleet on one release:
+    # "nvidia_driver_branch": "580",
+    # "nvidia_driver_version": "580.159.04",
+    # "nvidia_kernel_modules": "open",  # or "proprietary"
+    "nvidia_driver_headless": True,
+    # CUDA 11.2 + cuDNN 8.1 is TensorFlow 2.9's stack; NVIDIA's apt repositories carry it for
+    # Ubuntu 20.04 only.
     "cuda_version": "11.2",
     "cuda_package_version": "11.2.2",
     "cudnn_version": "8.1.1.33",
-    "nvidia_container_toolkit_version": "1.17.4",
-    # Air-gapped fleets point these at their mirrors (any OS is then trusted to be carried).
+    "nvidia_container_toolkit_version": "1.17.8",
+    # Air-gapped fleets point these at their mirrors. A mirror whose path names NVIDIA's
+    # directory is held to what that repository carries, and once apt has its lists, the host's
+    # apt must offer every pinned version.
     # "nvidia_cuda_repo_url": "http://mirror.internal/cuda/ubuntu2004/x86_64/",
     # "nvidia_cuda_repo_key_url": "http://mirror.internal/cuda/3bf863cc.pub",
-    "nvidia_cuda_repo_key_fingerprint": "EB693B3035CD5710E231E123A4B469963BF863CC",
+    # Unset: the key NVIDIA signs the repository with (3bf863cc; debian13: 8793F200).
+    # "nvidia_cuda_repo_key_fingerprint": "EB693B3035CD5710E231E123A4B469963BF863CC",
     "nvidia_container_repo_key_fingerprint": "C95B321B61E88C1809C4F759DDCAE044F796ECB0",
     # Docker: merged into /etc/docker/daemon.json; your other keys stay.
     "docker_default_runtime": "nvidia",
