@@ -20,6 +20,7 @@ from gpufleet.facts.gpu_host import GpuHostStateInfo, OsReleaseFields
 from gpufleet.repository_keys import RepositoryKeyError, fetch_keyring
 from gpufleet.settings import GpuSettings, InventoryData, SettingsError, read_settings
 from gpufleet.stack import catalog, compat
+from gpufleet.stack.repositories import DriverNaming
 
 logger = logging.getLogger("pyinfra")
 
@@ -147,7 +148,7 @@ def offered_packages(settings: GpuSettings) -> list[str]:
     names = {
         name
         for candidate in branches
-        for naming in catalog.DriverNaming
+        for naming in DriverNaming
         for modules in catalog.KernelModules
         for name in catalog.driver_packages(
             catalog.DriverChoice(naming, candidate, "0", modules, headless=False)

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,13 @@ from pathlib import Path
 from testbed import os_mirror, rootfs, standin_repo
 from testbed.os_mirror import OS_KEYRING_ON_HOST, build_os_part, mirror_path
 from testbed.os_releases import OsRelease
-from testbed.rootfs import build_rootfs, locked, os_release, upstream_sources
+from testbed.rootfs import (
+    build_rootfs,
+    built_atomically,
+    locked,
+    os_release,
+    upstream_sources,
+)
 from testbed.standin_repo import (
     CONTAINER_REPO_PATH,
     CUDA_DIRECTORIES,
@@ -124,23 +129,6 @@ def sources_digest(*extra: object) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_part(target: Path, build: Callable[[Path], None]) -> Path:
-    """Build ``target`` through a temporary sibling renamed into place (atomic), unless present.
-
-    Callers hold the cache lock.
-    """
-    if target.exists():
-        return target
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        build(temporary)
-        temporary.rename(target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return target
-
-
 def link_tree(source: Path, destination: Path) -> None:
     """Hard-link copy: the tree costs no space beyond its parts."""
     shutil.copytree(source, destination, copy_function=os.link, dirs_exist_ok=True)
@@ -200,7 +188,7 @@ def build_repos(
 
         def os_part(release: OsRelease) -> Path:
             digest = sources_digest(fingerprint, kernel, release.name, origins[release.name])
-            return cached_part(
+            return built_atomically(
                 parts / f"os-{release.name}-{digest}",
                 lambda part: build_os_part(
                     release,
@@ -212,7 +200,7 @@ def build_repos(
             )
 
         try:
-            nvidia = cached_part(
+            nvidia = built_atomically(
                 parts / f"nvidia-{sources_digest(fingerprint, second_fingerprint)}",
                 lambda part: build_nvidia_part(part, key, second_key),
             )
@@ -229,7 +217,7 @@ def build_repos(
             shutil.copyfile(key.public_key, tree / KEY_FILE)
             shutil.copyfile(second_key.public_key, tree / SECOND_KEY_FILE)
 
-        tree = cached_part(tree_for(fingerprint, second_fingerprint), assemble)
+        tree = built_atomically(tree_for(fingerprint, second_fingerprint), assemble)
     return repo_tree(tree, fingerprint, second_fingerprint)
 
 

@@ -193,15 +193,21 @@ def cached_build(
     """
     target = cache_dir / f"{kind}-{recipe_digest(recipe)}{suffix}"
     with locked(cache_dir / f"{kind}.lock"):
-        if target.exists():
-            return target
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        return built_atomically(target, build)
+
+
+def built_atomically(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built with ``build`` through a temporary sibling renamed into place unless it
+    exists: an interrupted build never looks built. Callers hold the cache's lock."""
+    if target.exists():
+        return target
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    _remove(temporary)
+    try:
+        build(temporary)
+        temporary.rename(target)
+    finally:
         _remove(temporary)
-        try:
-            build(temporary)
-            temporary.rename(target)
-        finally:
-            _remove(temporary)
     return target
 
 

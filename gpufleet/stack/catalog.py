@@ -69,8 +69,8 @@ UBUNTU_FULL_COMPANIONS = ("nvidia-settings", "libxnvctrl0")
 # Debian's packaging (NVIDIA's debian11/12/13 repositories): one name per role, the branch
 # only in the version. Compute-only is nvidia-driver-cuda; nvidia-driver adds the X driver.
 DEBIAN_KERNEL_PACKAGES = {
-    "open": ("nvidia-kernel-open-dkms",),
-    "proprietary": ("nvidia-kernel-dkms",),
+    KernelModules.OPEN: ("nvidia-kernel-open-dkms",),
+    KernelModules.PROPRIETARY: ("nvidia-kernel-dkms",),
 }
 DEBIAN_HEADLESS_PACKAGES = (
     "nvidia-driver-cuda",
@@ -111,7 +111,7 @@ def _ubuntu_driver_names(choice: DriverChoice) -> list[str]:
 
 
 def _debian_driver_names(choice: DriverChoice) -> list[str]:
-    names = [*DEBIAN_KERNEL_PACKAGES[choice.kernel_modules.value], *DEBIAN_HEADLESS_PACKAGES]
+    names = [*DEBIAN_KERNEL_PACKAGES[choice.kernel_modules], *DEBIAN_HEADLESS_PACKAGES]
     if int(choice.branch) < FIRST_DEBIAN_GSP_FIRMWARE_BRANCH:
         names.remove("firmware-nvidia-gsp")
     if not choice.headless:
