@@ -7,19 +7,30 @@ hosts carry on, and the run exits non-zero.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from pyinfra import host
 from pyinfra.api import State
 from pyinfra.context import ctx_host
 
+from gpufleet.artifacts import (
+    Artifact,
+    ArtifactError,
+    artifact_size,
+    cached,
+    default_cache_dir,
+    fetch_artifact,
+)
 from gpufleet.deploys.cuda import CUDA_REPO_NAME
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME
 from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import GpuHostStateInfo, OsReleaseFields
+from gpufleet.facts.pyinfra_internals import dry_run
 from gpufleet.repository_keys import RepositoryKeyError, fetch_keyring
 from gpufleet.settings import GpuSettings, InventoryData, SettingsError, read_settings
-from gpufleet.stack import catalog, compat
+from gpufleet.stack import catalog, compat, installers
+from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod, InstalledForms
 from gpufleet.stack.repositories import DriverNaming
 
 logger = logging.getLogger("pyinfra")
@@ -76,12 +87,14 @@ def repository_pins(
     }
     if CONTAINER_REPO_NAME not in repositories:
         return {plan.repository_url: cuda}
-    cuda[f"cuda_package_version = {settings.cuda_package_version!r}"] = (
-        catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version)
-    )
-    cuda[f"cudnn_version = {settings.cudnn_version!r}"] = catalog.cudnn_packages(
-        settings.cudnn_version, settings.cuda_version
-    )
+    if plan.methods.cuda is CudaInstallMethod.APT:
+        cuda[f"cuda_package_version = {settings.cuda_package_version!r}"] = (
+            catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version)
+        )
+    if plan.methods.cudnn is CudnnInstallMethod.APT:
+        cuda[f"cudnn_version = {settings.cudnn_version!r}"] = catalog.cudnn_packages(
+            settings.cudnn_version, settings.cuda_version
+        )
     version = settings.nvidia_container_toolkit_version
     container = {
         f"nvidia_container_toolkit_version = {version!r}": (
@@ -103,16 +116,24 @@ def plan_or_refusal(
     ``problems``.
     """
     platform = compat.HostPlatform.from_os_release(host_state["os_release"])
-    plan, plan_problems = compat.plan_stack(settings.stack_request, platform)
+    installed = {
+        name: state["version"]
+        for name, state in host_state["packages"].items()
+        if state["installed"]
+    }
+    plan, plan_problems = compat.plan_stack(
+        settings.stack_request, platform, host_state["apt_offers"], installed
+    )
     problems = [*plan_problems, *problems]
     if plan is not None:
-        installed = {
-            name: state["version"]
-            for name, state in host_state["packages"].items()
-            if state["installed"]
-        }
         for url, pins in repository_pins(settings, plan, repositories).items():
             problems += compat.offer_problems(pins, host_state["apt_offers"], installed, url)
+        problems += installers.switch_problems(
+            plan.methods, installed_forms(settings, host_state), settings.cuda_version
+        )
+        problems += installers.missing_artifact_keys(
+            plan.methods, settings.cuda_package_version, artifact_keys(settings)
+        )
     keyrings = keyrings_or_refusal(settings, plan, problems, repositories)
     if plan is None or keyrings is None:
         return None
@@ -207,3 +228,120 @@ def repository_keyrings(
         except RepositoryKeyError as error:
             problems.append(str(error))
     return keyrings, problems
+
+
+def installed_forms(settings: GpuSettings, host_state: GpuHostStateInfo) -> InstalledForms:
+    installed = {name for name, state in host_state["packages"].items() if state["installed"]}
+    files = host_state["toolkit_files"]
+    return InstalledForms(
+        apt_toolkit=catalog.cuda_package_name(settings.cuda_version) in installed,
+        runfile_toolkit=files["runfile_uninstaller"],
+        apt_cudnn=bool(installed & set(catalog.CUDNN_PACKAGES)),
+        archive_cudnn=any(name.startswith("libcudnn") for name in files["libraries"]),
+    )
+
+
+def artifact_keys(settings: GpuSettings) -> dict[str, str | None]:
+    return {
+        "cuda_runfile_url": settings.cuda_runfile_url,
+        "cuda_runfile_sha256": settings.cuda_runfile_sha256,
+        "cudnn_archive_url": settings.cudnn_archive_url,
+        "cudnn_archive_sha256": settings.cudnn_archive_sha256,
+        "tensorflow_image_archive_url": settings.tensorflow_image_archive_url,
+        "tensorflow_image_archive_sha256": settings.tensorflow_image_archive_sha256,
+    }
+
+
+def needed_artifacts(
+    settings: GpuSettings, plan: compat.StackPlan, host_state: GpuHostStateInfo
+) -> dict[str, Artifact]:
+    """
+    The artifacts this host needs now, by their _url key's prefix: those of components it does
+    not have (a converged host needs none, so nothing is fetched or sent again).
+    """
+    keys = artifact_keys(settings)
+    files = host_state["toolkit_files"]
+    toolkit = host_state["cuda"]["toolkits"].get(settings.cuda_version)
+    wanted = {
+        "cuda_runfile": plan.methods.cuda is CudaInstallMethod.RUNFILE
+        and not installers.runfile_toolkit_installed(
+            files["cuda_version"],
+            toolkit["nvcc_release"] if toolkit else None,
+            files["libraries"],
+            settings.cuda_package_version,
+        ),
+        "cudnn_archive": plan.methods.cudnn is CudnnInstallMethod.ARCHIVE
+        and not installers.archive_cudnn_installed(
+            files["cudnn_version"], files["libraries"], settings.cudnn_version
+        ),
+        "tensorflow_image_archive": bool(keys["tensorflow_image_archive_url"])
+        and host_state["tensorflow_image_id"] is None,
+    }
+    default_urls = {"cuda_runfile_url": installers.runfile_url(settings.cuda_package_version)}
+    needed = {}
+    for artifact, wanted_now in wanted.items():
+        url_key, sha256_key = f"{artifact}_url", f"{artifact}_sha256"
+        url = keys[url_key] or default_urls.get(url_key)
+        sha256 = keys[sha256_key]
+        if wanted_now and url and sha256:
+            needed[artifact] = Artifact(url_key, sha256_key, url, sha256)
+    return needed
+
+
+def artifact_cache(settings: GpuSettings) -> Path:
+    if settings.gpu_artifact_cache:
+        return Path(settings.gpu_artifact_cache).expanduser()
+    return default_cache_dir()
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    return f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"
+
+
+def artifacts_or_refusal(
+    settings: GpuSettings, plan: compat.StackPlan, host_state: GpuHostStateInfo
+) -> dict[str, str | None] | None:
+    """
+    Per artifact this host needs, the controller's verified copy to send it (None where the host
+    already holds it), each fetched into the cache at most once per run. Logs the methods and
+    the artifacts; a dry run fetches nothing. None, the host refused, when one cannot be
+    fetched or has another digest than its pin.
+    """
+    cache = artifact_cache(settings)
+    needed = needed_artifacts(settings, plan, host_state)
+    on_host = set(host_state["host_artifacts"])
+    dry = dry_run()
+    to_send: dict[str, str | None] = {}
+    notes = []
+    problems = []
+    for name, artifact in needed.items():
+        if artifact.sha256 in on_host:
+            to_send[name] = None
+            notes.append(f"{name} already on the host")
+            continue
+        if dry:
+            fetch = "in the artifact cache" if cached(artifact, cache) else "to fetch"
+            size = _size(artifact_size(artifact, cache))
+            notes.append(f"{name} ({size}) {fetch}, to send")
+            continue
+        try:
+            to_send[name] = str(fetch_artifact(artifact, cache))
+        except ArtifactError as error:
+            problems.append(str(error))
+            continue
+        notes.append(f"{name} ({_size(Path(to_send[name] or '').stat().st_size)}) to send")
+    if problems:
+        refuse_host(problems)
+        return None
+    methods = (
+        f"CUDA {settings.cuda_package_version} from {plan.methods.cuda.value}, "
+        f"cuDNN {settings.cudnn_version} from {plan.methods.cudnn.value}"
+    )
+    host.log_styled(
+        f"{methods}; artifacts: {'; '.join(notes) or 'none needed'}",
+        fg="cyan",
+        log_func=logger.info,
+    )
+    return to_send

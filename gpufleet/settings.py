@@ -13,6 +13,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
 from typing import Annotated, Any, NoReturn, Protocol, TypeAlias, cast
 
 from pydantic import (
@@ -28,6 +29,7 @@ from pydantic_core import PydanticCustomError
 from pyinfra.api.exceptions import DeployError
 
 from gpufleet.stack import catalog, compat
+from gpufleet.stack.installers import SHA256, CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.urls import redact, url_problem
 
 # An unknown key with one of these prefixes looks like gpufleet's: it is reported, not ignored.
@@ -226,6 +228,39 @@ def _key_location(example: str) -> BeforeValidator:
     return _text(problem)
 
 
+def _artifact_location(example: str) -> BeforeValidator:
+    """Fetched by the controller: an https, http or file URL (a signed URL's ?query too), or a
+    path there."""
+
+    def problem(key: str, value: str) -> str | None:
+        if "://" in value:
+            return url_problem(key, value, query=True)
+        if _NO_CONTROL_CHARACTERS.fullmatch(value):
+            return None
+        return (
+            f"{key} = {_shown(value)} contains a control character; use a URL or a controller "
+            f"path, e.g. {example!r}"
+        )
+
+    return _text(problem)
+
+
+def _choice(enum: type[Enum]) -> BeforeValidator:
+    """One of the enum's values, as a string."""
+    values = [member.value for member in enum]  # type: ignore[var-annotated]
+    return _text(
+        lambda key, value: (
+            None
+            if value in values
+            else f"{key} = {_shown(value)} must be one of {', '.join(map(repr, values))}"
+        )
+    )
+
+
+def _lower_sha256(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _daemon_config(config: Any) -> Any:
     if not isinstance(config, dict):
         _refuse(
@@ -247,6 +282,12 @@ def _daemon_config(config: Any) -> Any:
 
 
 Flag = Annotated[bool, BeforeValidator(_flag)]
+# A pinned sha256 digest (64 hex digits; upper case is read as lower).
+Sha256 = Annotated[
+    str | None,
+    _shaped(SHA256, "is not a sha256 digest; use the 64 hex digits sha256sum prints"),
+    BeforeValidator(_lower_sha256),
+]
 # Any non-blank string (a fingerprint, a runtime name: checked where they are used).
 Text = _text(lambda key, value: None)
 # Written into `deb [signed-by=...] URL /` as one word.
@@ -295,6 +336,29 @@ class GpuSettings(BaseModel):
         str,
         _shaped(compat.CUDNN_VERSION, "is not a full cuDNN package version; use e.g. '8.1.1.33'"),
     ] = "8.1.1.33"
+    # auto: apt where the host's CUDA repository offers the pinned toolkit, else the runfile.
+    cuda_install_method: Annotated[CudaInstallMethod, _choice(CudaInstallMethod)] = (
+        CudaInstallMethod.AUTO
+    )
+    # None: NVIDIA's runfile of cuda_package_version (installers.runfile_url).
+    cuda_runfile_url: Annotated[
+        str | None, _artifact_location("cuda_11.2.2_460.32.03_linux.run")
+    ] = Field(
+        default=None, examples=["https://artifacts.example.com/cuda_11.2.2_460.32.03_linux.run"]
+    )
+    # No default: NVIDIA publishes md5 sums of its runfiles only.
+    cuda_runfile_sha256: Sha256 = Field(default=None, examples=["0" * 64])
+    # auto: apt where the host's CUDA repository offers the build for the toolkit, else the
+    # archive (which NVIDIA publishes behind a developer login: no default URL).
+    cudnn_install_method: Annotated[CudnnInstallMethod, _choice(CudnnInstallMethod)] = (
+        CudnnInstallMethod.AUTO
+    )
+    cudnn_archive_url: Annotated[
+        str | None, _artifact_location("cudnn-11.2-linux-x64-v8.1.1.33.tgz")
+    ] = Field(
+        default=None, examples=["https://artifacts.example.com/cudnn-11.2-linux-x64-v8.1.1.33.tgz"]
+    )
+    cudnn_archive_sha256: Sha256 = Field(default=None, examples=["0" * 64])
     # None: NVIDIA's repository for the host's OS release.
     nvidia_cuda_repo_url: Annotated[str | None, RepositoryUrl] = Field(
         default=None, examples=["https://mirror.example.com/cuda/ubuntu2004/x86_64/"]
@@ -348,6 +412,20 @@ class GpuSettings(BaseModel):
     ] = "tensorflow/tensorflow:2.9.0-gpu"
     # Verification (deploys/verify.py), run at the end of gpu_host unless gpu_verify is false.
     gpu_verify: Flag = True
+    # A `docker save` archive of tensorflow_image, loaded where the image is absent (hosts that
+    # cannot pull it); fetched by the controller, like the CUDA runfile and the cuDNN archive.
+    tensorflow_image_archive_url: Annotated[str | None, _artifact_location("tf-2.9.0-gpu.tar")] = (
+        Field(default=None, examples=["https://artifacts.example.com/tensorflow-2.9.0-gpu.tar"])
+    )
+    tensorflow_image_archive_sha256: Sha256 = Field(default=None, examples=["0" * 64])
+    # None: the user's cache folder ($XDG_CACHE_HOME or ~/.cache)/gpufleet/artifacts.
+    gpu_artifact_cache: Annotated[
+        str | None,
+        _shaped(
+            _NO_CONTROL_CHARACTERS,
+            "contains a control character; use a plain folder path, e.g. 'artifacts'",
+        ),
+    ] = Field(default=None, examples=["~/.cache/gpufleet/artifacts"])
     # None: at least one GPU.
     gpu_expected_count: Annotated[
         int | None,
@@ -393,6 +471,8 @@ class GpuSettings(BaseModel):
             nvidia_container_toolkit_version=self.nvidia_container_toolkit_version,
             tensorflow_image=self.tensorflow_image,
             nvidia_cuda_repo_url=self.nvidia_cuda_repo_url,
+            cuda_install_method=self.cuda_install_method,
+            cudnn_install_method=self.cudnn_install_method,
         )
 
     def cuda_repo_key_url(self, plan: compat.StackPlan) -> str:

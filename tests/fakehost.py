@@ -256,8 +256,12 @@ def generated_commands(state: State, host: Host, op_hash: str) -> PlannedOperati
         for command in state.get_op_data_for_host(host, op_hash).command_generator():
             if isinstance(command, FileUploadCommand):
                 planned.commands.append(f"upload {command.dest}")
-                assert isinstance(command.src, io.BytesIO)  # gpufleet uploads from memory
-                planned.uploads[command.dest] = command.src.getvalue()
+                # gpufleet uploads small files from memory, artifacts from the controller's cache.
+                if isinstance(command.src, io.BytesIO):
+                    planned.uploads[command.dest] = command.src.getvalue()
+                else:
+                    assert isinstance(command.src, str)
+                    planned.uploads[command.dest] = Path(command.src).read_bytes()
             else:
                 planned.commands.append(str(command))
     return planned

@@ -1,8 +1,10 @@
 """
-NVIDIA's CUDA apt repository and the CUDA toolkit, pinned and held.
+NVIDIA's CUDA apt repository and the CUDA toolkit, pinned and held, or from NVIDIA's runfile.
 
 The toolkit is `cuda-toolkit-X-Y`, never `cuda-X-Y`: the latter pulls `cuda-runtime-X-Y`, which
-pulls `cuda-drivers (>= ...)`, the newest driver of all, past every pin.
+pulls `cuda-drivers (>= ...)`, the newest driver of all, past every pin. The runfile installs
+the toolkit only (gpufleet.operations.artifacts). Either way /usr/local/cuda, PATH and the
+loader path are managed the same.
 """
 
 from __future__ import annotations
@@ -16,18 +18,15 @@ from pyinfra.operations.util import any_changed
 
 from gpufleet.facts import snapshot
 from gpufleet.facts.cuda import CudaToolkits
+from gpufleet.operations import artifacts
 from gpufleet.operations import managed_files as files
 from gpufleet.operations import packages as apt
-from gpufleet.stack import catalog
+from gpufleet.stack import catalog, installers
 
 CUDA_REPO_NAME = "cuda"
 CUDA_DEFAULT_LINK = "/usr/local/cuda"
 PROFILE_PATH = "/etc/profile.d/cuda.sh"
 LD_CONF_PATH = "/etc/ld.so.conf.d/cuda.conf"
-
-
-def toolkit_path(cuda_version: str) -> str:
-    return f"/usr/local/cuda-{cuda_version}"
 
 
 def environment_files(cuda_version: str) -> dict[str, str]:
@@ -75,24 +74,45 @@ def cuda_repository(url: str, keyring: bytes) -> None:
 
 
 @deploy("CUDA toolkit")
-def cuda_toolkit(cuda_version: str, package_version: str, lock_timeout: int) -> None:
+def cuda_toolkit(
+    cuda_version: str,
+    package_version: str,
+    lock_timeout: int,
+    runfile_sha256: str | None = None,
+    runfile_to_send: str | None = None,
+) -> None:
     """
     + cuda_version: the CUDA release, e.g. "11.2"
     + package_version: its exact toolkit release, e.g. "11.2.2"
     + lock_timeout: seconds to wait for another process's dpkg lock
+    + runfile_sha256: install from NVIDIA's runfile with this digest instead of apt
+    + runfile_to_send: the runfile on the controller, where the host still needs it
     """
-    toolkit = apt.pinned_packages(
-        name=f"CUDA toolkit {package_version} (pinned, held)",
-        packages=catalog.cuda_toolkit_packages(cuda_version, package_version),
-        lock_timeout=lock_timeout,
-    )
+    if runfile_sha256 is None:
+        toolkit = apt.pinned_packages(
+            name=f"CUDA toolkit {package_version} (pinned, held)",
+            packages=catalog.cuda_toolkit_packages(cuda_version, package_version),
+            lock_timeout=lock_timeout,
+        )
+    else:
+        if runfile_to_send is not None:
+            artifacts.received(
+                name=f"Send the CUDA {package_version} runfile",
+                local_path=runfile_to_send,
+                sha256=runfile_sha256,
+            )
+        toolkit = artifacts.runfile_toolkit(
+            name=f"CUDA toolkit {package_version} (NVIDIA's runfile, toolkit only)",
+            sha256=runfile_sha256,
+            package_version=package_version,
+        )
     environment = files.contents(
         name="CUDA on PATH and the loader path",
         files=environment_files(cuda_version),
     )
     default_toolkit(
         name=f"{CUDA_DEFAULT_LINK} -> CUDA {cuda_version}",
-        path=toolkit_path(cuda_version),
+        path=installers.toolkit_path(cuda_version),
     )
     server.shell(
         name="Refresh the loader cache",

@@ -37,11 +37,18 @@ from gpufleet.deploys.verify import verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.docker import parse_daemon_json
 from gpufleet.facts.gpu_host import GpuHostStateInfo
+from gpufleet.operations import artifacts
 from gpufleet.operations.docker_daemon import DOCKER_SERVICE
 from gpufleet.operations.packages import auth_file, repository_files
-from gpufleet.preflight import logger, offered_packages, plan_or_refusal, settings_or_refusal
+from gpufleet.preflight import (
+    artifacts_or_refusal,
+    logger,
+    offered_packages,
+    plan_or_refusal,
+    settings_or_refusal,
+)
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
-from gpufleet.stack import catalog, urls
+from gpufleet.stack import catalog, installers, urls
 from gpufleet.stack.daemon_json import (
     DAEMON_JSON_PATH,
     daemon_config_problem,
@@ -50,6 +57,7 @@ from gpufleet.stack.daemon_json import (
     restart_reason,
     restart_refusal,
 )
+from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.repositories import CUDA_REPOSITORIES
 
 
@@ -97,6 +105,9 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         "files": sorted(files),
         "symlinks": [PERSISTENCED_BOOT_LINK],
         "units": [DOCKER_SERVICE, PERSISTENCED_SERVICE],
+        "toolkit_path": installers.toolkit_path(settings.cuda_version),
+        "image": settings.tensorflow_image,
+        "artifact_folder": installers.HOST_ARTIFACT_DIR,
     }
 
 
@@ -154,20 +165,29 @@ def gpu_host() -> None:
     if planned is None:
         return
     plan, keyrings = planned
+    to_send = artifacts_or_refusal(settings, plan, host_state)
+    if to_send is None:
+        return
     if not prepare_driver_change(settings, plan.driver, host_state):
         return
 
     cuda_repository(url=plan.repository_url, keyring=keyrings[CUDA_REPO_NAME])
     install_driver(settings, plan.driver, host_state)
+    runfile = plan.methods.cuda is CudaInstallMethod.RUNFILE
     cuda_toolkit(
         cuda_version=settings.cuda_version,
         package_version=settings.cuda_package_version,
         lock_timeout=settings.gpu_apt_lock_timeout,
+        runfile_sha256=settings.cuda_runfile_sha256 if runfile else None,
+        runfile_to_send=to_send.get("cuda_runfile"),
     )
+    archive = plan.methods.cudnn is CudnnInstallMethod.ARCHIVE
     cudnn(
         version=settings.cudnn_version,
         cuda_version=settings.cuda_version,
         lock_timeout=settings.gpu_apt_lock_timeout,
+        archive_sha256=settings.cudnn_archive_sha256 if archive else None,
+        archive_to_send=to_send.get("cudnn_archive"),
     )
     nvidia_container_toolkit(
         version=settings.nvidia_container_toolkit_version,
@@ -181,6 +201,20 @@ def gpu_host() -> None:
         daemon_settings=settings.docker_daemon_config,
         lock_timeout=settings.gpu_apt_lock_timeout,
     )
+    image_archive = settings.tensorflow_image_archive_sha256
+    if image_archive:
+        image_to_send = to_send.get("tensorflow_image_archive")
+        if image_to_send is not None:
+            artifacts.received(
+                name=f"Send the {settings.tensorflow_image} archive",
+                local_path=image_to_send,
+                sha256=image_archive,
+            )
+        artifacts.loaded_image(
+            name=f"{settings.tensorflow_image} (from its archive)",
+            image=settings.tensorflow_image,
+            sha256=image_archive,
+        )
     if settings.gpu_verify:
         verify_host(
             settings=settings,

@@ -10,11 +10,13 @@ import shlex
 from pyinfra.api import FactBase
 
 # First existing wins: cuDNN 8+ (deb install, alternatives symlink and its target), then cuDNN 7,
-# which kept the version defines in cudnn.h.
+# which kept the version defines in cudnn.h, then cuDNN unpacked from NVIDIA's archive into the
+# default toolkit.
 CUDNN_HEADERS = (
     "/usr/include/cudnn_version.h",
     "/usr/include/x86_64-linux-gnu/cudnn_version_v8.h",
     "/usr/include/cudnn.h",
+    "/usr/local/cuda/include/cudnn_version.h",
 )
 
 

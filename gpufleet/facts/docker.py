@@ -160,3 +160,23 @@ class DockerInfo(FactBase[DockerInfoData | None]):
 
     def process(self, output: list[str]) -> DockerInfoData | None:
         return parse_docker_info_json("\n".join(output))
+
+
+class DockerImageId(FactBase[str | None]):
+    """
+    Returns the id of the local image ``image`` (a reference such as
+    ``tensorflow/tensorflow:2.9.0-gpu``), or None when it is absent or docker does not answer.
+    """
+
+    def command(self, image: str) -> str:
+        if not image:
+            return "true"
+        return (
+            "if command -v docker >/dev/null 2>&1; then "
+            f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} 2>/dev/null; "
+            "fi; true"
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        ids = [line.strip() for line in output if line.strip().startswith("sha256:")]
+        return ids[0] if ids else None

@@ -71,3 +71,19 @@ class SymlinkTargets(FactBase[dict[str, str | None]]):
             elif kind == "other":
                 targets[rest] = None
         return targets
+
+
+class FolderFiles(FactBase[list[str]]):
+    """
+    Returns the names of the regular files directly in ``path`` (none when it does not exist).
+    """
+
+    default = list
+
+    def command(self, path: str) -> str:
+        if not path:
+            return "true"
+        return f"find {shlex.quote(path)} -maxdepth 1 -type f -printf '%f\\n' 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line for line in output if line)

@@ -22,15 +22,16 @@ from gpufleet.facts.apt import (
     DebPackageStates,
     HeldPackages,
 )
-from gpufleet.facts.cuda import CudaToolkits, CudaToolkitsInfo
+from gpufleet.facts.cuda import CudaToolkits, CudaToolkitsInfo, ToolkitFiles, ToolkitFilesInfo
 from gpufleet.facts.cudnn import CudnnVersion
 from gpufleet.facts.docker import (
     DockerDaemonConfig,
     DockerDaemonConfigInfo,
+    DockerImageId,
     DockerInfo,
     DockerInfoData,
 )
-from gpufleet.facts.files import FileDigests, SymlinkTargets
+from gpufleet.facts.files import FileDigests, FolderFiles, SymlinkTargets
 from gpufleet.facts.gpu_users import GpuUsers, GpuUsersInfo
 from gpufleet.facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
 from gpufleet.facts.systemd_units import UnitMainCommands
@@ -137,6 +138,7 @@ class GpuHostStateInfo(TypedDict):
     nvidia_smi: NvidiaSmiInfo | None
     nvidia_kernel: NvidiaKernelInfo
     cuda: CudaToolkitsInfo
+    toolkit_files: ToolkitFilesInfo
     cudnn_version: str | None
     packages: dict[str, DebPackageState]
     held_packages: list[str]
@@ -144,10 +146,12 @@ class GpuHostStateInfo(TypedDict):
     apt_offers: dict[str, list[AptOffer]]
     docker_daemon_config: DockerDaemonConfigInfo
     docker_info: DockerInfoData | None
+    tensorflow_image_id: str | None
     dockerd_installed: bool
     python3_version: str | None
     gpu_users: GpuUsersInfo
     file_digests: dict[str, str]
+    host_artifacts: list[str]
     symlink_targets: dict[str, str | None]
     units_running: dict[str, bool]
     units_enabled: dict[str, bool]
@@ -162,6 +166,7 @@ SECTION_FACTS: dict[str, FactBase] = {
     "nvidia_smi": NvidiaSmi(),
     "nvidia_kernel": NvidiaKernel(),
     "cuda": CudaToolkits(),
+    "toolkit_files": ToolkitFiles(),
     "cudnn_version": CudnnVersion(),
     "packages": DebPackageStates(),
     "held_packages": HeldPackages(),
@@ -169,10 +174,12 @@ SECTION_FACTS: dict[str, FactBase] = {
     "apt_offers": AptOffers(),
     "docker_daemon_config": DockerDaemonConfig(),
     "docker_info": DockerInfo(),
+    "tensorflow_image_id": DockerImageId(),
     "dockerd_installed": CommandInstalled(),
     "python3_version": Python3Version(),
     "gpu_users": GpuUsers(),
     "file_digests": FileDigests(),
+    "host_artifacts": FolderFiles(),
     "symlink_targets": SymlinkTargets(),
     "units_running": SystemdStatus(),
     "units_enabled": SystemdEnabled(),
@@ -188,9 +195,15 @@ def section_arguments(
     files: Sequence[str],
     symlinks: Sequence[str],
     units: Sequence[str],
+    toolkit_path: str,
+    image: str,
+    artifact_folder: str,
 ) -> dict[str, dict[str, Any]]:
     """Each section's fact arguments (GpuHostState's, spread over its sections), {} for none."""
     arguments: dict[str, dict[str, Any]] = {
+        "toolkit_files": {"path": toolkit_path},
+        "tensorflow_image_id": {"image": image},
+        "host_artifacts": {"path": artifact_folder},
         "packages": {"packages": list(packages)},
         "apt_source_files": {"locations": list(repository_locations)},
         "apt_offers": {"packages": list(offered_packages)},
@@ -222,11 +235,13 @@ def parse_gpu_host_state(output: list[str]) -> GpuHostStateInfo:
 class GpuHostState(FactBase[GpuHostStateInfo]):
     """
     Returns, in one round trip, what the individual facts return: os_release, kernel_release,
-    nvidia_smi, nvidia_kernel, cuda, cudnn_version, packages (DebPackageStates of ``packages``),
+    nvidia_smi, nvidia_kernel, cuda, toolkit_files (ToolkitFiles of ``toolkit_path``),
+    cudnn_version, packages (DebPackageStates of ``packages``),
     held_packages, apt_source_files (AptSourceFiles of ``repository_locations``), apt_offers
     (AptOffers of ``offered_packages``),
-    docker_daemon_config, docker_info, dockerd_installed, python3_version,
-    gpu_users, file_digests (FileDigests of ``files``), symlink_targets (SymlinkTargets of
+    docker_daemon_config, docker_info, tensorflow_image_id (DockerImageId of ``image``),
+    dockerd_installed, python3_version, gpu_users, file_digests (FileDigests of ``files``),
+    host_artifacts (FolderFiles of ``artifact_folder``), symlink_targets (SymlinkTargets of
     ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
     ``units``), unit_commands (UnitMainCommands of ``units``).
     """
@@ -244,6 +259,9 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
         files: Sequence[str] = (),
         symlinks: Sequence[str] = (),
         units: Sequence[str] = (),
+        toolkit_path: str = "",
+        image: str = "",
+        artifact_folder: str = "",
     ) -> str:
         return combined_command(
             section_commands(
@@ -254,6 +272,9 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
                 files=files,
                 symlinks=symlinks,
                 units=units,
+                toolkit_path=toolkit_path,
+                image=image,
+                artifact_folder=artifact_folder,
             )
         )
 

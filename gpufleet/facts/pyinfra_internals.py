@@ -14,10 +14,13 @@ pyinfra offers no public way to ask whether an earlier operation of this run cha
 - ``Host.current_op_hash``: the operation whose commands are being generated, None between them;
 - ``OperationMeta.is_complete()`` and ``OperationMeta.executed``: the operation has run (failed
   or not) and ran at least one command; ``OperationMeta.will_change``: what a planned operation
-  would do (a `--dry` run never completes it).
+  would do (a `--dry` run never completes it);
+- ``sys.argv``: whether the CLI was started with ``--dry``.
 """
 
 from __future__ import annotations
+
+import sys
 
 from pyinfra.api import Host, State
 from pyinfra.api.operation import OperationMeta
@@ -44,3 +47,12 @@ def changed_before_current_operation(state: State, host: Host) -> bool:
 def changes_host(operation: OperationMeta) -> bool:
     """Whether ``operation`` changed its host (once run) or would change it (while planned)."""
     return operation.did_change() if operation.is_complete() else operation.will_change
+
+
+def dry_run() -> bool:
+    """
+    Whether pyinfra's CLI was started with ``--dry``: it plans every host, then stops before the
+    run, and tells the deploy nothing (no State or Config attribute says so). Read from the
+    command line, so work a dry run must not do (fetching gigabytes of artifacts) is skipped.
+    """
+    return "--dry" in sys.argv[1:]

@@ -24,6 +24,16 @@ from gpufleet.stack.catalog import (
     DriverChoice,
     KernelModules,
     cuda_package_name,
+    cuda_toolkit_packages,
+    cudnn_packages,
+)
+from gpufleet.stack.installers import (
+    CUDA_RELEASE_MIN_DRIVER,
+    AptCarries,
+    CudaInstallMethod,
+    CudnnInstallMethod,
+    InstallMethods,
+    resolve_methods,
 )
 from gpufleet.stack.repositories import (
     CUDA_REPOSITORIES,
@@ -34,29 +44,6 @@ from gpufleet.stack.repositories import (
     repository_of,
 )
 from gpufleet.stack.versions import CudnnPin, major_minor
-
-# Toolkit release -> the driver it needs in the usual pairing (Linux, from the CUDA release notes).
-CUDA_RELEASE_MIN_DRIVER: dict[str, str] = {
-    "11.0.2": "450.51.05",
-    "11.0.3": "450.51.06",
-    "11.1.0": "455.23.05",
-    "11.1.1": "455.32.00",
-    "11.2.0": "460.27.03",
-    "11.2.1": "460.32.03",
-    "11.2.2": "460.32.03",
-    "11.3.0": "465.19.01",
-    "11.3.1": "465.19.01",
-    "11.4.0": "470.42.01",
-    "11.4.4": "470.82.01",
-    "11.5.0": "495.29.05",
-    "11.6.0": "510.39.01",
-    "11.7.0": "515.43.04",
-    "11.8.0": "520.61.05",
-    "12.0.0": "525.60.13",
-    "12.1.0": "530.30.02",
-    "12.2.0": "535.54.03",
-    "12.2.2": "535.104.05",
-}
 
 # Minor-version compatibility: any toolkit of a major release runs on at least this driver
 # (without PTX JIT of newer code); below it the CUDA runtime refuses to start.
@@ -142,6 +129,8 @@ class StackRequest:
     nvidia_container_toolkit_version: str
     tensorflow_image: str
     nvidia_cuda_repo_url: str | None
+    cuda_install_method: CudaInstallMethod = CudaInstallMethod.AUTO
+    cudnn_install_method: CudnnInstallMethod = CudnnInstallMethod.AUTO
 
 
 @dataclass(frozen=True)
@@ -182,12 +171,13 @@ def tensorflow_version_of_image(image: str) -> str | None:
 
 @dataclass(frozen=True)
 class StackPlan:
-    """What the host gets: its CUDA repository (None: a mirror gpufleet knows nothing of) and
-    the driver chosen for it."""
+    """What the host gets: its CUDA repository (None: a mirror gpufleet knows nothing of), the
+    driver chosen for it, and how its toolkit and cuDNN are installed."""
 
     repository: CudaRepository | None
     repository_url: str
     driver: DriverChoice
+    methods: InstallMethods
 
 
 def host_repository(request: StackRequest, platform: HostPlatform) -> CudaRepository | None:
@@ -204,14 +194,26 @@ def default_driver_branch(repository: CudaRepository | None) -> str:
     return pinned[-1] if pinned else DEFAULT_DRIVER_BRANCH
 
 
-def plan_stack(request: StackRequest, platform: HostPlatform) -> tuple[StackPlan | None, list[str]]:
+def plan_stack(
+    request: StackRequest,
+    platform: HostPlatform,
+    offers: Mapping[str, list[AptOffer]] | None = None,
+    installed: Mapping[str, str] | None = None,
+) -> tuple[StackPlan | None, list[str]]:
     """The host's plan, or None with every problem of the request on this host, each naming
-    its data key, the value and what would work."""
+    its data key, the value and what would work. ``offers`` and ``installed`` are the host's
+    apt view (see apt_carries), which decides the ``auto`` install methods."""
     problems = _check_os(platform)
     if problems:
         return None, problems
     repository = host_repository(request, platform)
+    url = request.nvidia_cuda_repo_url or (repository.url if repository else "")
     driver, problems = _choose_driver(request, platform, repository)
+    methods = resolve_methods(
+        request.cuda_install_method,
+        request.cudnn_install_method,
+        apt_carries(request, repository, url, offers or {}, installed or {}),
+    )
     cuda_problems = _check_cuda(request)
     problems += cuda_problems
     if not cuda_problems:
@@ -219,12 +221,38 @@ def plan_stack(request: StackRequest, platform: HostPlatform) -> tuple[StackPlan
             problems += _check_driver_for_cuda(request, driver.version)
         problems += _check_cudnn(request)
         problems += _check_tensorflow(request)
-        problems += _check_repository(request, repository)
+        problems += _check_repository(request, repository, methods)
     problems += _check_container_toolkit(request)
     if problems or driver is None:
         return None, problems
-    url = request.nvidia_cuda_repo_url or (repository.url if repository else "")
-    return StackPlan(repository, url, driver), []
+    return StackPlan(repository, url, driver, methods), []
+
+
+def apt_carries(
+    request: StackRequest,
+    repository: CudaRepository | None,
+    repository_url: str,
+    offers: Mapping[str, list[AptOffer]],
+    installed: Mapping[str, str],
+) -> AptCarries:
+    """
+    Whether the host's CUDA repository offers the pinned toolkit and cuDNN: as the host's apt
+    reports it once it has the repository's lists (an installed version counts as offered),
+    else as gpufleet's catalog of NVIDIA's repository says; a mirror of no known directory
+    without lists yet is taken to carry them (its apt answers on the next run).
+    """
+    toolkit = cuda_toolkit_packages(request.cuda_version, request.cuda_package_version)
+    cudnn = cudnn_packages(request.cudnn_version, request.cuda_version)
+    if _has_lists(offers, repository_url):
+        return AptCarries(
+            cuda=_offered(toolkit, offers, installed), cudnn=_offered(cudnn, offers, installed)
+        )
+    if repository is None:
+        return AptCarries(cuda=True, cudnn=True)
+    return AptCarries(
+        cuda=request.cuda_version in repository.cuda_releases,
+        cudnn=request.cuda_version in repository.cudnn8_cuda_builds,
+    )
 
 
 def _choose_driver(
@@ -394,32 +422,41 @@ def python_fits_tensorflow(python_version: str, tf_version: str) -> bool:
     return Version(stack.python_min) <= python <= Version(stack.python_max)
 
 
-def _check_repository(request: StackRequest, repository: CudaRepository | None) -> list[str]:
-    """What the host's NVIDIA repository cannot provide (a mirror of no known directory: the
-    host's apt tells, see check_offers)."""
+def _check_repository(
+    request: StackRequest, repository: CudaRepository | None, methods: InstallMethods
+) -> list[str]:
+    """What the host's NVIDIA repository cannot provide for what is installed from apt (a
+    mirror of no known directory: the host's apt tells, see offer_problems)."""
     if repository is None:
         return []
-    if request.cuda_version not in repository.cuda_releases:
+    problems = []
+    if (
+        methods.cuda is CudaInstallMethod.APT
+        and request.cuda_version not in repository.cuda_releases
+    ):
         where = [
             r.directory
             for r in CUDA_REPOSITORIES.values()
             if request.cuda_version in r.cuda_releases
         ]
-        return [
-            f"cuda_version = {request.cuda_version!r}: NVIDIA's {repository.directory} repository "
-            f"has no {cuda_package_name(request.cuda_version)} (it carries CUDA "
+        problems.append(
+            f"cuda_install_method = 'apt': NVIDIA's {repository.directory} repository has no "
+            f"{cuda_package_name(request.cuda_version)} (it carries CUDA "
             f"{repository.cuda_releases[0]} to {repository.cuda_releases[-1]}); CUDA "
             f"{request.cuda_version} is published for {', '.join(where) or 'no supported OS'}: "
-            "use such a host, or set nvidia_cuda_repo_url to a mirror of one of those "
-            "repositories (NVIDIA's CUDA runfile, for the other OS releases, is not in gpufleet "
-            "yet)"
-        ]
-    if request.cuda_version not in repository.cudnn8_cuda_builds:
-        return [
-            f"cudnn_version = {request.cudnn_version!r}: NVIDIA's {repository.directory} "
-            f"repository has no libcudnn8 build for CUDA {request.cuda_version}"
-        ]
-    return []
+            "set cuda_install_method to 'runfile' (NVIDIA's CUDA runfile), or set "
+            "nvidia_cuda_repo_url to a mirror of one of those repositories"
+        )
+    if (
+        methods.cudnn is CudnnInstallMethod.APT
+        and request.cuda_version not in repository.cudnn8_cuda_builds
+    ):
+        problems.append(
+            f"cudnn_install_method = 'apt': NVIDIA's {repository.directory} repository has no "
+            f"libcudnn8 build for CUDA {request.cuda_version}; set cudnn_install_method to "
+            "'archive' (NVIDIA's cuDNN tar archive)"
+        )
+    return problems
 
 
 def repository_key_fingerprint(repository: CudaRepository | None) -> str:
@@ -459,18 +496,13 @@ def offer_problems(
     ``installed`` holds the installed versions, which count as offered. A mirror then answers
     for itself instead of being trusted.
     """
-    # apt substitutes $(ARCH) in a source's URL; the lists are those of the part before it.
-    repository = urls.location(repository_url).split("$(ARCH)")[0]
-    if not any(repository in offer["source"] for versions in offers.values() for offer in versions):
+    if not _has_lists(offers, repository_url):
         return []
     problems = []
     for setting, packages in pins.items():
         missing = []
         for package, pattern in packages.items():
-            versions = [offer["version"] for offer in offers.get(package, [])]
-            if package in installed:
-                versions.append(installed[package])
-            versions = list(dict.fromkeys(versions))  # the installed one is usually offered
+            versions = _versions(package, offers, installed)
             if not any(fnmatchcase(version, pattern or "*") for version in versions):
                 missing.append(f"{package} {pattern} (offered: {', '.join(versions) or 'none'})")
         if missing:
@@ -480,3 +512,31 @@ def offer_problems(
                 "version it offers, or fix the mirror"
             )
     return problems
+
+
+def _has_lists(offers: Mapping[str, list[AptOffer]], repository_url: str) -> bool:
+    """Whether the host's apt has the repository's lists (it offers something from there)."""
+    # apt substitutes $(ARCH) in a source's URL; the lists are those of the part before it.
+    repository = urls.location(repository_url).split("$(ARCH)")[0]
+    return any(repository in offer["source"] for versions in offers.values() for offer in versions)
+
+
+def _versions(
+    package: str, offers: Mapping[str, list[AptOffer]], installed: Mapping[str, str]
+) -> list[str]:
+    """The versions apt offers of ``package``, and the installed one."""
+    versions = [offer["version"] for offer in offers.get(package, [])]
+    if package in installed:
+        versions.append(installed[package])
+    return list(dict.fromkeys(versions))  # the installed one is usually offered
+
+
+def _offered(
+    packages: dict[str, str | None],
+    offers: Mapping[str, list[AptOffer]],
+    installed: Mapping[str, str],
+) -> bool:
+    return all(
+        any(fnmatchcase(version, pattern or "*") for version in _versions(name, offers, installed))
+        for name, pattern in packages.items()
+    )

@@ -41,19 +41,27 @@ def _well_formed_host(hostname: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL with any `user:password@` replaced, for messages."""
+    """The URL with any `user:password@` and ?query (a signed URL's token) replaced, for
+    messages."""
     try:
         parts = urlsplit(url)
     except ValueError:
         # Unparsable (an unclosed [IPv6] bracket): where its credentials end is unknown.
-        return REDACTED if "@" in url else url
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{parts.netloc.rpartition('@')[2]}"))
+        return REDACTED if "@" in url or "?" in url else url
+    if not parts.query and "@" not in parts.netloc:
+        return url  # as written: urlsplit drops the control characters a message must show
+    if parts.query:
+        parts = parts._replace(query=REDACTED)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=f"{REDACTED}@{parts.netloc.rpartition('@')[2]}")
+    return urlunsplit(parts)
 
 
-def url_problem(key: str, url: str, schemes: tuple[str, ...] = REPOSITORY_SCHEMES) -> str | None:
-    """Why ``url`` (the value of data key ``key``) cannot be used, or None when it can."""
+def url_problem(
+    key: str, url: str, schemes: tuple[str, ...] = REPOSITORY_SCHEMES, query: bool = False
+) -> str | None:
+    """Why ``url`` (the value of data key ``key``) cannot be used, or None when it can;
+    ``query``: a ?query is part of it (a download's signed URL), not of a repository's."""
     shown = redact(url)
     if _UNSAFE.search(url):
         return (
@@ -72,7 +80,7 @@ def url_problem(key: str, url: str, schemes: tuple[str, ...] = REPOSITORY_SCHEME
         )
     if any(_UNSAFE.search(unquote(part or "")) for part in (parts.username, parts.password)):
         return f"{key} = {shown!r}: its user name and password cannot hold whitespace"
-    if parts.query or parts.fragment:
+    if parts.fragment or (parts.query and not query):
         return f"{key} = {shown!r}: a repository URL has no ?query or #fragment"
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):

@@ -182,7 +182,7 @@ BROKEN_DAEMON_JSON = '{"log-driver": "json-file",, }'
                             "tensorflow_image": "example/custom:1"},
          "cudnn_version = '8.1.1.33': cuDNN 8.1 was built for CUDA 10.2, 11.2"),
         ("debian12", None, {"nvidia_cuda_repo_url": None},
-         "cuda_version = '11.2': NVIDIA's debian12 repository has no cuda-toolkit-11-2"),
+         "CUDA 11.2.2 comes from NVIDIA's runfile here: set cuda_runfile_sha256"),
         # A daemon.json that does not parse is the user's to fix; gpufleet leaves it as it is.
         ("debian12",
          f"mkdir -p /etc/docker && printf '%s\\n' '{BROKEN_DAEMON_JSON}' > /etc/docker/daemon.json",

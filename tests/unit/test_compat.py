@@ -10,6 +10,7 @@ from gpufleet.preflight import refusal_message
 from gpufleet.stack import compat
 from gpufleet.stack.catalog import DriverChoice, KernelModules
 from gpufleet.stack.compat import AptOffer
+from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod, InstallMethods
 from gpufleet.stack.repositories import CUDA_REPOSITORIES, DriverNaming
 
 # The default inventory data: the driver is the host's plan's choice.
@@ -36,6 +37,8 @@ CUDA_12_2 = dataclasses.replace(
 UBUNTU_2004 = compat.HostPlatform("ubuntu", "20.04")
 UBUNTU_2204 = compat.HostPlatform("ubuntu", "22.04")
 DEBIAN_12 = compat.HostPlatform("debian", "12")
+FROM_APT = InstallMethods(CudaInstallMethod.APT, CudnnInstallMethod.APT)
+FROM_NVIDIAS_FILES = InstallMethods(CudaInstallMethod.RUNFILE, CudnnInstallMethod.ARCHIVE)
 REPOS = "https://developer.download.nvidia.com/compute/cuda/repos"
 PROPRIETARY, OPEN = KernelModules.PROPRIETARY, KernelModules.OPEN
 
@@ -60,22 +63,60 @@ def test_default_stack_on_ubuntu_2004_gets_r535_headless() -> None:
         CUDA_REPOSITORIES["ubuntu2004"],
         f"{REPOS}/ubuntu2004/x86_64/",
         DriverChoice(DriverNaming.UBUNTU, "535", "535.183.01", PROPRIETARY, True),
+        FROM_APT,
     )
 
 
-def test_cuda_11_2_is_in_the_ubuntu_2004_repository_only() -> None:
+def test_cuda_11_2_comes_from_nvidias_files_where_the_repository_lacks_it() -> None:
+    for os_id, version_id in (
+        ("ubuntu", "22.04"),
+        ("ubuntu", "24.04"),
+        ("debian", "11"),
+        ("debian", "12"),
+    ):
+        plan, found = compat.plan_stack(DEFAULTS, compat.HostPlatform(os_id, version_id))
+        assert found == []
+        assert plan is not None and plan.methods == FROM_NVIDIAS_FILES
+
+
+def test_apt_is_refused_where_the_repository_lacks_cuda_11_2() -> None:
+    request = dataclasses.replace(
+        DEFAULTS,
+        cuda_install_method=CudaInstallMethod.APT,
+        cudnn_install_method=CudnnInstallMethod.APT,
+    )
     for os_id, version_id, directory, carried in (
         ("ubuntu", "22.04", "ubuntu2204", "11.7 to 13.2"),
         ("ubuntu", "24.04", "ubuntu2404", "12.5 to 13.2"),
         ("debian", "11", "debian11", "11.4 to 12.6"),
         ("debian", "12", "debian12", "12.3 to 13.2"),
     ):
-        assert problems(DEFAULTS, compat.HostPlatform(os_id, version_id)) == [
-            f"cuda_version = '11.2': NVIDIA's {directory} repository has no cuda-toolkit-11-2 "
-            f"(it carries CUDA {carried}); CUDA 11.2 is published for ubuntu2004: use such a "
-            "host, or set nvidia_cuda_repo_url to a mirror of one of those repositories "
-            "(NVIDIA's CUDA runfile, for the other OS releases, is not in gpufleet yet)"
+        assert problems(request, compat.HostPlatform(os_id, version_id)) == [
+            f"cuda_install_method = 'apt': NVIDIA's {directory} repository has no "
+            f"cuda-toolkit-11-2 (it carries CUDA {carried}); CUDA 11.2 is published for "
+            "ubuntu2004: set cuda_install_method to 'runfile' (NVIDIA's CUDA runfile), or set "
+            "nvidia_cuda_repo_url to a mirror of one of those repositories",
+            f"cudnn_install_method = 'apt': NVIDIA's {directory} repository has no libcudnn8 "
+            "build for CUDA 11.2; set cudnn_install_method to 'archive' (NVIDIA's cuDNN tar "
+            "archive)",
         ]
+
+
+def test_auto_follows_what_the_hosts_apt_offers() -> None:
+    # Once apt has the repository's lists, its answer decides, not gpufleet's catalog.
+    source = f"{REPOS}/ubuntu2004/x86_64  Packages"
+    offers: dict[str, list[AptOffer]] = {
+        "cuda-toolkit-11-2": [{"version": "11.2.1-1", "source": source}],
+        "libcudnn8": [{"version": "8.1.1.33-1+cuda11.2", "source": source}],
+        "libcudnn8-dev": [{"version": "8.1.1.33-1+cuda11.2", "source": source}],
+    }
+    plan, found = compat.plan_stack(DEFAULTS, UBUNTU_2004, offers)
+    assert found == []
+    assert plan is not None
+    assert plan.methods == InstallMethods(CudaInstallMethod.RUNFILE, CudnnInstallMethod.APT)
+    # An installed toolkit counts as offered.
+    plan, _ = compat.plan_stack(DEFAULTS, UBUNTU_2004, offers, {"cuda-toolkit-11-2": "11.2.2-1"})
+    assert plan is not None and plan.methods == FROM_APT
 
 
 def test_debian_13_has_neither_r580_nor_cuda_11_2() -> None:
@@ -83,10 +124,6 @@ def test_debian_13_has_neither_r580_nor_cuda_11_2() -> None:
         "nvidia_driver_branch (default '580'): NVIDIA's debian13 repository has no R580 driver "
         "packages; it carries 590, 595, 610: gpufleet pins a release of none of them: set "
         "nvidia_driver_branch and nvidia_driver_version to one of their releases",
-        "cuda_version = '11.2': NVIDIA's debian13 repository has no cuda-toolkit-11-2 (it carries "
-        "CUDA 13.0 to 13.2); CUDA 11.2 is published for ubuntu2004: use such a host, or set "
-        "nvidia_cuda_repo_url to a mirror of one of those repositories (NVIDIA's CUDA runfile, "
-        "for the other OS releases, is not in gpufleet yet)",
     ]
 
 
@@ -114,9 +151,10 @@ def test_ubuntu_2404_and_debian_12_have_no_cuda_12_2() -> None:
         ("ubuntu", "24.04", "ubuntu2404"),
         ("debian", "12", "debian12"),
     ):
-        (problem,) = problems(CUDA_12_2, compat.HostPlatform(os_id, version_id))
+        request = dataclasses.replace(CUDA_12_2, cuda_install_method=CudaInstallMethod.APT)
+        (problem,) = problems(request, compat.HostPlatform(os_id, version_id))
         assert problem.startswith(
-            f"cuda_version = '12.2': NVIDIA's {directory} repository has no cuda-toolkit-12-2"
+            f"cuda_install_method = 'apt': NVIDIA's {directory} repository has no cuda-toolkit-12-2"
         )
         assert "CUDA 12.2 is published for ubuntu2004, ubuntu2204, debian11" in problem
 
@@ -212,6 +250,7 @@ def test_debian_12_with_a_mirror_of_ubuntu2004_plans_with_that_repository() -> N
         CUDA_REPOSITORIES["ubuntu2004"],
         mirror,
         DriverChoice(DriverNaming.UBUNTU, "535", "535.183.01", PROPRIETARY, True),
+        FROM_APT,
     )
 
 
@@ -222,7 +261,7 @@ def test_a_mirror_of_no_known_repository_is_left_to_the_hosts_apt() -> None:
     )
     assert found == []
     assert plan == compat.StackPlan(
-        None, mirror, DriverChoice(DriverNaming.DEBIAN, "580", "580.159.04", OPEN, True)
+        None, mirror, DriverChoice(DriverNaming.DEBIAN, "580", "580.159.04", OPEN, True), FROM_APT
     )
 
 

@@ -58,6 +58,27 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
     daemon_json.write_text(fixture_text("daemon-json-for-linux-1531.json"))
     link = tmp_path / "link"
     link.symlink_to("/lib/systemd/system/example.service")
+    # A toolkit as NVIDIA's runfile and cuDNN archive leave it (the files' contents aside).
+    toolkit = tmp_path / "cuda-11.2"
+    (toolkit / "targets/x86_64-linux/lib").mkdir(parents=True)
+    (toolkit / "lib64").symlink_to("targets/x86_64-linux/lib")
+    (toolkit / "include").mkdir()
+    (toolkit / "bin").mkdir()
+    (toolkit / "bin/cuda-uninstaller").write_bytes(b"")
+    (toolkit / "version.json").write_text(
+        '{\n   "cuda" : {\n      "name" : "CUDA SDK",\n      "version" : "11.2.2"\n   }\n}\n'
+    )
+    (toolkit / "include/cudnn_version.h").write_text(
+        "#define CUDNN_MAJOR 8\n#define CUDNN_MINOR 1\n#define CUDNN_PATCHLEVEL 1\n"
+    )
+    (toolkit / "lib64/libcudart.so.11.2.152").write_bytes(b"")
+    (toolkit / "lib64/libcudart.so.11.0").symlink_to("libcudart.so.11.2.152")
+    (toolkit / "lib64/libcudnn.so.8.1.1").write_bytes(b"")
+    (toolkit / "lib64/libcudnn.so.8").symlink_to("libcudnn.so.8.1.1")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / ("ab" * 32)).write_bytes(b"")
+    (artifacts / "subfolder").mkdir()
     arguments: dict[str, Any] = {
         "packages": ["bash", "coreutils", "gpufleet-no-such-package"],
         "repository_locations": ["developer.download.nvidia.com/compute/cuda/repos"],
@@ -66,6 +87,9 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
         "files": [str(daemon_json), str(tmp_path / "absent")],
         "symlinks": [str(link), str(daemon_json), str(tmp_path / "absent")],
         "units": ["ssh.service"],
+        "toolkit_path": str(toolkit),
+        "image": "tensorflow/tensorflow:2.9.0-gpu",
+        "artifact_folder": str(artifacts),
     }
 
     state = run_fact(GpuHostState(), shell, **arguments)
@@ -88,6 +112,19 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
     # apt offers what its lists hold (none in a container without `apt-get update`).
     assert set(state["apt_offers"]) <= {"bash"}
     assert set(state["file_digests"]) == {str(daemon_json)}
+    assert state["toolkit_files"] == {
+        "cuda_version": "11.2.2",
+        "runfile_uninstaller": True,
+        "cudnn_version": "8.1.1",
+        "libraries": {
+            "libcudart.so.11.0": "libcudart.so.11.2.152",
+            "libcudart.so.11.2.152": None,
+            "libcudnn.so.8": "libcudnn.so.8.1.1",
+            "libcudnn.so.8.1.1": None,
+        },
+    }
+    assert state["host_artifacts"] == ["ab" * 32]
+    assert state["tensorflow_image_id"] is None  # no docker here
     assert state["symlink_targets"] == {
         str(link): "/lib/systemd/system/example.service",
         str(daemon_json): None,

@@ -396,7 +396,8 @@ def test_cli_dry_run_lists_pinned_installs() -> None:
         (
             [],
             "@fake/debian12-bare",
-            "cuda_version = '11.2': NVIDIA's debian12 repository has no cuda-toolkit-11-2",
+            "CUDA 11.2.2 comes from NVIDIA's runfile here: set cuda_runfile_sha256 (an artifact "
+            "is fetched and used only with its pinned sha256)",
         ),
     ],
 )

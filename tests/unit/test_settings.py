@@ -22,6 +22,7 @@ from gpufleet.settings import (
 )
 from gpufleet.stack import compat
 from gpufleet.stack.catalog import DriverChoice, KernelModules
+from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod, InstallMethods
 from gpufleet.stack.repositories import CUDA_REPOSITORIES, DriverNaming
 
 INJECTION_URL = "https://x/ /\ndeb [trusted=yes] http://X/ /\n#"
@@ -106,6 +107,7 @@ DEBIAN_13_PLAN = compat.StackPlan(
     CUDA_REPOSITORIES["debian13"],
     "https://developer.download.nvidia.com/compute/cuda/repos/debian13/x86_64/",
     DriverChoice(DriverNaming.DEBIAN, "590", "590.48.01", KernelModules.OPEN, True),
+    InstallMethods(CudaInstallMethod.RUNFILE, CudnnInstallMethod.ARCHIVE),
 )
 
 
@@ -118,7 +120,9 @@ def test_the_cuda_key_defaults_to_the_one_of_the_hosts_repository() -> None:
         "02182E60104FCDC26EAE1B8597A5D4CB8793F200"
     )
     # A mirror of no repository gpufleet knows: NVIDIA's 3bf863cc, beside its InRelease.
-    mirror = compat.StackPlan(None, "https://mirror.example.com/cuda/", DEBIAN_13_PLAN.driver)
+    mirror = compat.StackPlan(
+        None, "https://mirror.example.com/cuda/", DEBIAN_13_PLAN.driver, DEBIAN_13_PLAN.methods
+    )
     assert settings.cuda_repo_key_url(mirror) == "https://mirror.example.com/cuda/3bf863cc.pub"
     assert settings.cuda_repo_key_fingerprint(mirror) == (
         "EB693B3035CD5710E231E123A4B469963BF863CC"

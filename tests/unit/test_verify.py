@@ -353,9 +353,11 @@ def test_standalone_verification_refuses_a_host_its_stack_does_not_fit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Without a plan there is no driver version to expect.
+    data = {**FIXTURE_KEY_DATA, "cuda_install_method": "apt"}
     with pytest.raises(PyinfraError, match="No hosts remaining"):
-        plan({"gpu-02": (bare_debian_12(), FIXTURE_KEY_DATA)}, verify)
+        plan({"gpu-02": (bare_debian_12(), data)}, verify)
     assert "refusing to deploy, nothing was changed on the host" in caplog.text
-    assert "cuda_version = '11.2': NVIDIA's debian12 repository has no cuda-toolkit-11-2" in (
-        caplog.text
+    assert (
+        "cuda_install_method = 'apt': NVIDIA's debian12 repository has no cuda-toolkit-11-2"
+        in caplog.text
     )
