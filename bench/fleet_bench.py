@@ -10,7 +10,9 @@ the controller's CPU seconds (user + system of pyinfra, or ssh, and everything i
 from wait4), its peak RSS, and the commands pyinfra sent per host (its --debug "Running command"
 lines). `--profile` runs the largest fleet's no-op once more under cProfile and writes the
 summary; `--baseline DIR` times the no-op also from another checkout (DIR holds its deploys/ and
-gpufleet/), for a before/after figure from the same fleet.
+gpufleet/), for a before/after figure from the same fleet. `--artifacts` converges Ubuntu 22.04
+hosts instead, whose CUDA comes from NVIDIA's runfile and cuDNN from its archive (the stand-ins),
+and prints the artifact bytes the controller fetched for the fleet and sent to each host.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ from testbed.fleet import DEFAULT_FLEET_OS, REPO_ROOT, Fleet
 from testbed.repos import build_repos
 from testbed.rootfs import default_cache_dir
 from testbed.runs import repo_data
+from testbed.standin_artifacts import (
+    CUDNN_ARCHIVE_NAME,
+    RUNFILE_NAME,
+    ArtifactServer,
+    build_artifacts,
+)
 
 CACHE_DIR = default_cache_dir()
 # The hosts' OS release: the end-to-end tests' default, whose NVIDIA repository carries CUDA 11.2.
@@ -125,15 +133,62 @@ def bench_fleet(
         return figures
 
 
+# Ubuntu 22.04's NVIDIA repository has no CUDA 11.2: the runfile and the archive; the R580
+# release its stand-in carries.
+ARTIFACTS_OS = "ubuntu22.04"
+ARTIFACTS_DRIVER = "580.126.16"
+
+
+def bench_artifacts(count: int, work_dir: Path) -> None:
+    """Bytes fetched per fleet and sent per host, for a converge and a re-run."""
+    repo = build_repos(CACHE_DIR / "repos", [ARTIFACTS_OS], rootfs_cache_dir=CACHE_DIR)
+    built = build_artifacts(CACHE_DIR)
+    sizes = {name: built.path(name).stat().st_size for name in (RUNFILE_NAME, CUDNN_ARCHIVE_NAME)}
+    with (
+        Fleet(count, ARTIFACTS_OS, CACHE_DIR, repo=repo) as fleet,
+        ArtifactServer(fleet, built.directory) as server,
+    ):
+        data = {
+            **repo_data(repo, ARTIFACTS_OS),
+            "nvidia_driver_version": ARTIFACTS_DRIVER,
+            "cuda_runfile_url": server.url(RUNFILE_NAME),
+            "cuda_runfile_sha256": built.runfile_sha256,
+            "cudnn_archive_url": server.url(CUDNN_ARCHIVE_NAME),
+            "cudnn_archive_sha256": built.cudnn_archive_sha256,
+            "gpu_artifact_cache": str(work_dir / f"artifact-cache-{time.time_ns()}"),
+            "gpu_verify": False,
+        }
+        inventory = fleet.write_inventory(work_dir / f"artifacts_{count}.py", data)
+        pyinfra = [str(Path(sys.executable).with_name("pyinfra")), "-y", str(inventory)]
+        gpu_host = fleet.controller.command([*pyinfra, "deploys/gpu_host.py"])
+        received = "find /var/cache/gpufleet/artifacts -type f -printf '%s\\n'"
+        for run in ("converge", "re-run"):
+            figure = measured(gpu_host, count)
+            fetched = sum(server.requests_for(name) * size for name, size in sizes.items())
+            sent = [sum(map(int, fleet.ssh(host, received).stdout.split())) for host in fleet.hosts]
+            print(
+                f"| {count} | {run} | {figure.seconds:.2f} | {fetched / 2**20:.2f} "
+                f"| {max(sent) / 2**20:.2f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/gpufleet-bench"))
     parser.add_argument("--profile", type=Path, help="profile the largest size's no-op to here")
     parser.add_argument("--baseline", type=Path, help="a checkout to time the no-op from too")
+    parser.add_argument("--artifacts", action="store_true", help="artifact bytes per fleet/host")
     arguments = parser.parse_args()
     arguments.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.platform()}")
+    if arguments.artifacts:
+        print("| N | run | wall s | MiB fetched per fleet (total so far) | MiB held per host |")
+        print("|---|---|---|---|---|")
+        for count in arguments.sizes:
+            bench_artifacts(count, arguments.work_dir)
+        return
     print("| N | run | wall s | wall s/host | CPU s | CPU s/host | CPU/wall | peak RSS MiB "
           "| cmds/host |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")

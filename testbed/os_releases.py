@@ -40,6 +40,7 @@ OS_RELEASES: dict[str, OsRelease] = {
 }  # fmt: skip
 
 # What the sandbox boots unless told otherwise: the one release whose NVIDIA repository carries
-# CUDA 11.2, so the default stack converges. Ubuntu 22.04, what training servers run today, once
-# gpufleet installs NVIDIA's CUDA runfile; until then `--os ubuntu22.04` shows the refusal.
+# CUDA 11.2, so the default stack converges from apt. The sandbox does not serve the stand-in
+# runfile and cuDNN archive yet, so `--os ubuntu22.04` shows the refusal naming their keys
+# (tests/e2e/test_artifacts.py converges Ubuntu 22.04 with them).
 DEFAULT_SANDBOX_OS = "ubuntu20.04"

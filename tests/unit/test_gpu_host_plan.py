@@ -410,3 +410,30 @@ def test_cli_refuses_bad_combinations_before_any_operation(
     assert "refusing to deploy, nothing was changed on the host" in output
     assert message in output
     assert "Detected changes" not in output
+
+
+def test_cli_dry_run_names_the_methods_and_the_artifacts_and_fetches_nothing(
+    tmp_path: Path,
+) -> None:
+    runfile = tmp_path / "cuda_11.2.2_460.32.03_linux.run"
+    runfile.write_bytes(b"r" * 3 * 1024)
+    archive = tmp_path / "cudnn-11.2-linux-x64-v8.1.1.33.tgz"
+    archive.write_bytes(b"a" * 2 * 1024 * 1024)
+    cache = tmp_path / "cache"
+    result = run_cli_dry(
+        f"cuda_runfile_url={runfile}",
+        f"cuda_runfile_sha256={'1' * 64}",
+        f"cudnn_archive_url={archive}",
+        f"cudnn_archive_sha256={'2' * 64}",
+        f"gpu_artifact_cache={cache}",
+        limit="@fake/debian12-bare",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert (
+        "CUDA 11.2.2 from runfile, cuDNN 8.1.1.33 from archive; artifacts: cuda_runfile "
+        "(3.0 KiB) to fetch, to send; cudnn_archive (2.0 MiB) to fetch, to send"
+    ) in output
+    assert "CUDA toolkit 11.2.2 (NVIDIA's runfile, toolkit only)" in output
+    assert "cuDNN 8.1.1.33 for CUDA 11.2 (NVIDIA's archive)" in output
+    assert not cache.exists() or list(cache.rglob("*")) == []
