@@ -27,7 +27,7 @@ import click
 import requests
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.repository_keys import _fetch_failure
+from gpufleet.repository_keys import fetch_failure
 from gpufleet.stack.installers import SHA256
 from gpufleet.stack.urls import redact
 
@@ -101,7 +101,8 @@ def _local_source(artifact: Artifact) -> Path | None:
     return Path(artifact.url)
 
 
-def _size(count: int | None) -> str:
+def human_size(count: int | None) -> str:
+    """A byte count as people read it: 3.0 GiB, 2.0 MiB, 512 bytes."""
     if count is None:
         return "size unknown"
     for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
@@ -187,7 +188,7 @@ def _download(artifact: Artifact, cache_dir: Path) -> str:
         )
         # Not chained: the error's message and traceback may hold the URL's credentials.
         raise ArtifactError(
-            f"{_shown(artifact)}: cannot fetch it: {_fetch_failure(artifact.url, error)}; {remedy}"
+            f"{_shown(artifact)}: cannot fetch it: {fetch_failure(artifact.url, error)}; {remedy}"
         ) from None
     partial.chmod(0o644)
     # Kept under its real digest even when that is not the pin: a host pinning it reuses it.
@@ -232,9 +233,9 @@ def _copy(
     total: int | None,
     have: int,
 ) -> None:
-    resuming = f", resuming at {_size(have)}" if have else ""
+    resuming = f", resuming at {human_size(have)}" if have else ""
     logger.info(
-        f"fetching {redact(artifact.url)} ({_size(total)}{resuming}) into the artifact cache"
+        f"fetching {redact(artifact.url)} ({human_size(total)}{resuming}) into the artifact cache"
     )
     with _progress(_name(artifact), total, have) as advance:
         for chunk in chunks:
@@ -247,7 +248,7 @@ def _copy(
 def _progress(name: str, total: int | None, done: int) -> Iterator[Callable[[int], None]]:
     """A bar on a terminal; else a log line at every 10% (or 100 MiB without a known size)."""
     if total and sys.stderr.isatty():
-        label = f"{name} ({_size(total)})"
+        label = f"{name} ({human_size(total)})"
         with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
             bar.update(done)
             yield bar.update
@@ -263,8 +264,8 @@ def _progress(name: str, total: int | None, done: int) -> Iterator[Callable[[int
         if mark(state["done"]) > state["logged"]:
             state["logged"] = mark(state["done"])
             if total:
-                logger.info(f"{name}: {state['logged'] * 10}% of {_size(total)}")
+                logger.info(f"{name}: {state['logged'] * 10}% of {human_size(total)}")
             else:
-                logger.info(f"{name}: {_size(state['done'])} fetched")
+                logger.info(f"{name}: {human_size(state['done'])} fetched")
 
     yield advance

@@ -21,6 +21,7 @@ from gpufleet.artifacts import (
     cached,
     default_cache_dir,
     fetch_artifact,
+    human_size,
 )
 from gpufleet.deploys.cuda import CUDA_REPO_NAME
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME
@@ -129,7 +130,7 @@ def plan_or_refusal(
         for url, pins in repository_pins(settings, plan, repositories).items():
             problems += compat.offer_problems(pins, host_state["apt_offers"], installed, url)
         problems += installers.switch_problems(
-            plan.methods, installed_forms(settings, host_state), settings.cuda_version
+            plan.methods, installed_forms(settings, host_state, installed), settings.cuda_version
         )
         problems += installers.missing_artifact_keys(
             plan.methods, settings.cuda_package_version, artifact_keys(settings)
@@ -230,13 +231,14 @@ def repository_keyrings(
     return keyrings, problems
 
 
-def installed_forms(settings: GpuSettings, host_state: GpuHostStateInfo) -> InstalledForms:
-    installed = {name for name, state in host_state["packages"].items() if state["installed"]}
+def installed_forms(
+    settings: GpuSettings, host_state: GpuHostStateInfo, installed: dict[str, str]
+) -> InstalledForms:
     files = host_state["toolkit_files"]
     return InstalledForms(
         apt_toolkit=catalog.cuda_package_name(settings.cuda_version) in installed,
         runfile_toolkit=files["runfile_uninstaller"],
-        apt_cudnn=bool(installed & set(catalog.CUDNN_PACKAGES)),
+        apt_cudnn=any(name in installed for name in catalog.CUDNN_PACKAGES),
         archive_cudnn=any(name.startswith("libcudnn") for name in files["libraries"]),
     )
 
@@ -259,7 +261,7 @@ def needed_artifacts(
     The artifacts this host needs now, by their _url key's prefix: those of components it does
     not have (a converged host needs none, so nothing is fetched or sent again).
     """
-    keys = artifact_keys(settings)
+    sources = installers.artifact_sources(settings.cuda_package_version, artifact_keys(settings))
     files = host_state["toolkit_files"]
     toolkit = host_state["cuda"]["toolkits"].get(settings.cuda_version)
     wanted = {
@@ -274,17 +276,13 @@ def needed_artifacts(
         and not installers.archive_cudnn_installed(
             files["cudnn_version"], files["libraries"], settings.cudnn_version
         ),
-        "tensorflow_image_archive": bool(keys["tensorflow_image_archive_url"])
-        and host_state["tensorflow_image_id"] is None,
+        "tensorflow_image_archive": host_state["tensorflow_image_id"] is None,
     }
-    default_urls = {"cuda_runfile_url": installers.runfile_url(settings.cuda_package_version)}
     needed = {}
     for artifact, wanted_now in wanted.items():
-        url_key, sha256_key = f"{artifact}_url", f"{artifact}_sha256"
-        url = keys[url_key] or default_urls.get(url_key)
-        sha256 = keys[sha256_key]
+        url, sha256 = sources[artifact]
         if wanted_now and url and sha256:
-            needed[artifact] = Artifact(url_key, sha256_key, url, sha256)
+            needed[artifact] = Artifact(f"{artifact}_url", f"{artifact}_sha256", url, sha256)
     return needed
 
 
@@ -294,44 +292,38 @@ def artifact_cache(settings: GpuSettings) -> Path:
     return default_cache_dir()
 
 
-def _size(size: int | None) -> str:
-    if size is None:
-        return "size unknown"
-    return f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"
-
-
 def artifacts_or_refusal(
     settings: GpuSettings, plan: compat.StackPlan, host_state: GpuHostStateInfo
-) -> dict[str, str | None] | None:
+) -> dict[str, str] | None:
     """
-    Per artifact this host needs, the controller's verified copy to send it (None where the host
-    already holds it), each fetched into the cache at most once per run. Logs the methods and
-    the artifacts; a dry run fetches nothing. None, the host refused, when one cannot be
-    fetched or has another digest than its pin.
+    Per artifact this host needs and does not hold yet, the controller's verified copy to
+    send, each fetched into the cache at most once per run. Logs the methods and the artifacts;
+    a dry run fetches nothing. None, the host refused, when one cannot be fetched or has another
+    digest than its pin.
     """
     cache = artifact_cache(settings)
     needed = needed_artifacts(settings, plan, host_state)
     on_host = set(host_state["host_artifacts"])
     dry = dry_run()
-    to_send: dict[str, str | None] = {}
+    to_send: dict[str, str] = {}
     notes = []
     problems = []
     for name, artifact in needed.items():
         if artifact.sha256 in on_host:
-            to_send[name] = None
             notes.append(f"{name} already on the host")
             continue
         if dry:
             fetch = "in the artifact cache" if cached(artifact, cache) else "to fetch"
-            size = _size(artifact_size(artifact, cache))
+            size = human_size(artifact_size(artifact, cache))
             notes.append(f"{name} ({size}) {fetch}, to send")
             continue
         try:
-            to_send[name] = str(fetch_artifact(artifact, cache))
+            fetched = fetch_artifact(artifact, cache)
         except ArtifactError as error:
             problems.append(str(error))
             continue
-        notes.append(f"{name} ({_size(Path(to_send[name] or '').stat().st_size)}) to send")
+        to_send[name] = str(fetched)
+        notes.append(f"{name} ({human_size(fetched.stat().st_size)}) to send")
     if problems:
         refuse_host(problems)
         return None

@@ -294,7 +294,7 @@ def _fetch_once(location: str) -> bytes:
     return Path(parsed.path if parsed.scheme == "file" else location).read_bytes()
 
 
-def _fetch_failure(location: str, error: OSError | requests.RequestException) -> str:
+def fetch_failure(location: str, error: OSError | requests.RequestException) -> str:
     """Why fetching failed, without the URL's credentials (requests' messages quote URLs)."""
     if isinstance(error, requests.HTTPError) and error.response is not None:
         return f"HTTP {error.response.status_code} {error.response.reason}"
@@ -328,7 +328,7 @@ def fetch_keyring(
     except (OSError, requests.RequestException) as error:
         # Not chained: the error's message and traceback may hold the URL's credentials.
         raise RepositoryKeyError(
-            f"{shown}: cannot fetch the key: {_fetch_failure(location, error)}"
+            f"{shown}: cannot fetch the key: {fetch_failure(location, error)}"
         ) from None
     try:
         packets = read_packets(dearmor(raw) if raw.lstrip().startswith(b"-----BEGIN PGP") else raw)

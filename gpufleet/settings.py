@@ -212,29 +212,13 @@ def _shaped(pattern: re.Pattern[str], problem: str) -> BeforeValidator:
     )
 
 
-def _key_location(example: str) -> BeforeValidator:
-    """Fetched on the controller: a URL, or a path there."""
-
-    def problem(key: str, value: str) -> str | None:
-        if "://" in value:
-            return url_problem(key, value)
-        if _NO_CONTROL_CHARACTERS.fullmatch(value):
-            return None
-        return (
-            f"{key} = {_shown(value)} contains a control character; use a URL or a controller "
-            f"path, e.g. {example!r}"
-        )
-
-    return _text(problem)
-
-
-def _artifact_location(example: str) -> BeforeValidator:
-    """Fetched by the controller: an https, http or file URL (a signed URL's ?query too), or a
+def _fetched_location(example: str, query: bool = False) -> BeforeValidator:
+    """Fetched on the controller: a URL (``query``: a signed download URL's ?query too), or a
     path there."""
 
     def problem(key: str, value: str) -> str | None:
         if "://" in value:
-            return url_problem(key, value, query=True)
+            return url_problem(key, value, query=query)
         if _NO_CONTROL_CHARACTERS.fullmatch(value):
             return None
         return (
@@ -247,13 +231,11 @@ def _artifact_location(example: str) -> BeforeValidator:
 
 def _choice(enum: type[Enum]) -> BeforeValidator:
     """One of the enum's values, as a string."""
-    values = [member.value for member in enum]  # type: ignore[var-annotated]
+    values = [member.value for member in enum]
+    shown = [repr(value) for value in values]
+    listed = f"{', '.join(shown[:-1])} or {shown[-1]}"
     return _text(
-        lambda key, value: (
-            None
-            if value in values
-            else f"{key} = {_shown(value)} must be one of {', '.join(map(repr, values))}"
-        )
+        lambda key, value: None if value in values else f"{key} = {_shown(value)} must be {listed}"
     )
 
 
@@ -314,14 +296,7 @@ class GpuSettings(BaseModel):
     ] = Field(default=None, examples=["580.126.16"])
     # None: open from R560 (NVIDIA's default for Turing and newer), proprietary before.
     nvidia_kernel_modules: Annotated[
-        catalog.KernelModules | None,
-        _text(
-            lambda key, value: (
-                None
-                if value in {flavour.value for flavour in catalog.KernelModules}
-                else f"{key} = {_shown(value)} must be 'open' or 'proprietary'"
-            )
-        ),
+        catalog.KernelModules | None, _choice(catalog.KernelModules)
     ] = Field(default=None, examples=["open"])
     # The compute part of the driver only (no X server, no graphics libraries); false: all of it.
     nvidia_driver_headless: Flag = True
@@ -342,7 +317,7 @@ class GpuSettings(BaseModel):
     )
     # None: NVIDIA's runfile of cuda_package_version (installers.runfile_url).
     cuda_runfile_url: Annotated[
-        str | None, _artifact_location("cuda_11.2.2_460.32.03_linux.run")
+        str | None, _fetched_location("cuda_11.2.2_460.32.03_linux.run", query=True)
     ] = Field(
         default=None, examples=["https://artifacts.example.com/cuda_11.2.2_460.32.03_linux.run"]
     )
@@ -354,7 +329,7 @@ class GpuSettings(BaseModel):
         CudnnInstallMethod.AUTO
     )
     cudnn_archive_url: Annotated[
-        str | None, _artifact_location("cudnn-11.2-linux-x64-v8.1.1.33.tgz")
+        str | None, _fetched_location("cudnn-11.2-linux-x64-v8.1.1.33.tgz", query=True)
     ] = Field(
         default=None, examples=["https://artifacts.example.com/cudnn-11.2-linux-x64-v8.1.1.33.tgz"]
     )
@@ -364,7 +339,7 @@ class GpuSettings(BaseModel):
         default=None, examples=["https://mirror.example.com/cuda/ubuntu2004/x86_64/"]
     )
     # None: 3bf863cc.pub inside the CUDA repository.
-    nvidia_cuda_repo_key_url: Annotated[str | None, _key_location("keys/cuda.pub")] = Field(
+    nvidia_cuda_repo_key_url: Annotated[str | None, _fetched_location("keys/cuda.pub")] = Field(
         default=None, examples=["https://mirror.example.com/cuda/3bf863cc.pub"]
     )
     # None: the key NVIDIA signs the host's repository with (3bf863cc; debian13: 8793F200).
@@ -372,7 +347,7 @@ class GpuSettings(BaseModel):
         default=None, examples=["EB693B3035CD5710E231E123A4B469963BF863CC"]
     )
     nvidia_container_repo_url: Annotated[str, RepositoryUrl] = compat.NVIDIA_CONTAINER_REPO_URL
-    nvidia_container_repo_key_url: Annotated[str, _key_location("keys/container.pub")] = (
+    nvidia_container_repo_key_url: Annotated[str, _fetched_location("keys/container.pub")] = (
         compat.NVIDIA_CONTAINER_KEY_URL
     )
     nvidia_container_repo_key_fingerprint: Annotated[str, Text] = (
@@ -414,9 +389,9 @@ class GpuSettings(BaseModel):
     gpu_verify: Flag = True
     # A `docker save` archive of tensorflow_image, loaded where the image is absent (hosts that
     # cannot pull it); fetched by the controller, like the CUDA runfile and the cuDNN archive.
-    tensorflow_image_archive_url: Annotated[str | None, _artifact_location("tf-2.9.0-gpu.tar")] = (
-        Field(default=None, examples=["https://artifacts.example.com/tensorflow-2.9.0-gpu.tar"])
-    )
+    tensorflow_image_archive_url: Annotated[
+        str | None, _fetched_location("tf-2.9.0-gpu.tar", query=True)
+    ] = Field(default=None, examples=["https://artifacts.example.com/tensorflow-2.9.0-gpu.tar"])
     tensorflow_image_archive_sha256: Sha256 = Field(default=None, examples=["0" * 64])
     # None: the user's cache folder ($XDG_CACHE_HOME or ~/.cache)/gpufleet/artifacts.
     gpu_artifact_cache: Annotated[

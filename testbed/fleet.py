@@ -34,7 +34,8 @@ from testbed.machine import (
     Machine,
     host_files,
     ssh_command,
-    start_process,
+    start_http_server,
+    stop_process,
 )
 from testbed.network import (
     RUN_ROOT,
@@ -57,7 +58,6 @@ DEFAULT_STOP_TIMEOUT = 15.0
 # The release of the hosts fleet_factory() boots unless told otherwise: the only one whose NVIDIA
 # repository carries CUDA 11.2.
 DEFAULT_FLEET_OS = "ubuntu20.04"
-SERVER_START_TIMEOUT = 10.0
 
 _fleet_sequence = itertools.count()
 
@@ -228,16 +228,9 @@ class Fleet:
         """Serve ``root`` over HTTP at the repo address inside the controller namespace."""
         if self.server is not None:
             raise RuntimeError("this fleet already serves a directory")
-        log = self.run_dir / "http.log"
-        command = [sys.executable, "-u", "-m", "http.server", "--bind", REPO_HOST,
-                   "--directory", str(root), str(REPO_PORT)]  # fmt: skip
-        self.server = start_process(self.controller.command(command), log)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        # http.server prints its banner only once the socket is bound.
-        while "Serving HTTP" not in log.read_text():
-            if self.server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"HTTP server for {root} did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+        self.server = start_http_server(
+            self.controller.command, root, (REPO_HOST, REPO_PORT), self.run_dir / "http.log"
+        )
 
     def ssh(
         self, host: TestHost | str, command: str, timeout: float = 600
@@ -306,12 +299,7 @@ class Fleet:
             stops = [pool.submit(m.stop, DEFAULT_STOP_TIMEOUT) for m in self.machines]
             problems += [str(error) for stop in stops if (error := stop.exception()) is not None]
         if self.server is not None:
-            self.server.terminate()
-            try:
-                self.server.wait(5)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+            stop_process(self.server)
         kill_and_wait(processes_in_netns(self.controller.path))
         self.controller.destroy()
         run_command(["rm", "-rf", "--one-file-system", str(self.run_dir)])

@@ -14,8 +14,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -125,6 +127,39 @@ def start_process(
             start_new_session=True,  # a terminal's Ctrl-C reaches pytest, which stops hosts
             preexec_fn=_die_with_parent,
         )
+
+
+def start_http_server(
+    in_namespace: Callable[[list[str]], list[str]],
+    root: Path,
+    address: tuple[str, int],
+    log: Path,
+    timeout: float = 10.0,
+) -> subprocess.Popen[bytes]:
+    """Serve ``root`` with Python's http.server at ``address``, the command wrapped by
+    ``in_namespace`` (a network namespace's); returns once the socket is bound."""
+    host, port = address
+    command = [sys.executable, "-u", "-m", "http.server", "--bind", host,
+               "--directory", str(root), str(port)]  # fmt: skip
+    server = start_process(in_namespace(command), log)
+    deadline = time.monotonic() + timeout
+    # http.server prints its banner only once the socket is bound.
+    while "Serving HTTP" not in log.read_text():
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop_process(server)
+            raise RuntimeError(f"HTTP server for {root} did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return server
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 5) -> None:
+    """Terminate a helper, killing it when it does not end within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Machine:

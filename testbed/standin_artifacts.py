@@ -20,16 +20,14 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from testbed.machine import start_process
+from testbed.machine import start_http_server, stop_process
 from testbed.rootfs import built_atomically, locked
 from testbed.standin_repo import (
     CUDNN_VERSION_HEADER,
@@ -395,25 +393,18 @@ class ArtifactServer:
         for name, path in {**served, **self.extra_files}.items():
             (self.root / name).unlink(missing_ok=True)
             (self.root / name).symlink_to(path.resolve())
-        command = [sys.executable, "-u", "-m", "http.server", "--bind", self.host,
-                   "--directory", str(self.root), str(self.port)]  # fmt: skip
-        self.process = start_process(self.fleet.controller.command(command), self.log)
-        deadline = time.monotonic() + self.start_timeout
-        while "Serving HTTP" not in self.log.read_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"artifact server did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        self.process = start_http_server(
+            self.fleet.controller.command,
+            self.root,
+            (self.host, self.port),
+            self.log,
+            self.start_timeout,
+        )
 
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def url(self, name: str) -> str:

@@ -86,7 +86,7 @@ def cuda_toolkit(
     + package_version: its exact toolkit release, e.g. "11.2.2"
     + lock_timeout: seconds to wait for another process's dpkg lock
     + runfile_sha256: install from NVIDIA's runfile with this digest instead of apt
-    + runfile_to_send: the runfile on the controller, where the host still needs it
+    + runfile_to_send: the runfile on the controller, where the host needs it sent
     """
     if runfile_sha256 is None:
         toolkit = apt.pinned_packages(
@@ -95,12 +95,11 @@ def cuda_toolkit(
             lock_timeout=lock_timeout,
         )
     else:
-        if runfile_to_send is not None:
-            artifacts.received(
-                name=f"Send the CUDA {package_version} runfile",
-                local_path=runfile_to_send,
-                sha256=runfile_sha256,
-            )
+        artifacts.received(
+            name=f"Send the CUDA {package_version} runfile",
+            local_path=runfile_to_send,
+            sha256=runfile_sha256,
+        )
         toolkit = artifacts.runfile_toolkit(
             name=f"CUDA toolkit {package_version} (NVIDIA's runfile, toolkit only)",
             sha256=runfile_sha256,

@@ -28,15 +28,14 @@ def cudnn(
     + cuda_version: the CUDA release whose build is installed, e.g. "11.2"
     + lock_timeout: seconds to wait for another process's dpkg lock
     + archive_sha256: unpack NVIDIA's tar archive with this digest into the toolkit instead
-    + archive_to_send: the archive on the controller, where the host still needs it
+    + archive_to_send: the archive on the controller, where the host needs it sent
     """
     if archive_sha256 is not None:
-        if archive_to_send is not None:
-            artifacts.received(
-                name=f"Send the cuDNN {version} archive",
-                local_path=archive_to_send,
-                sha256=archive_sha256,
-            )
+        artifacts.received(
+            name=f"Send the cuDNN {version} archive",
+            local_path=archive_to_send,
+            sha256=archive_sha256,
+        )
         unpacked = artifacts.archive_cudnn(
             name=f"cuDNN {version} for CUDA {cuda_version} (NVIDIA's archive)",
             sha256=archive_sha256,

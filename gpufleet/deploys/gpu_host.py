@@ -203,13 +203,11 @@ def gpu_host() -> None:
     )
     image_archive = settings.tensorflow_image_archive_sha256
     if image_archive:
-        image_to_send = to_send.get("tensorflow_image_archive")
-        if image_to_send is not None:
-            artifacts.received(
-                name=f"Send the {settings.tensorflow_image} archive",
-                local_path=image_to_send,
-                sha256=image_archive,
-            )
+        artifacts.received(
+            name=f"Send the {settings.tensorflow_image} archive",
+            local_path=to_send.get("tensorflow_image_archive"),
+            sha256=image_archive,
+        )
         artifacts.loaded_image(
             name=f"{settings.tensorflow_image} (from its archive)",
             image=settings.tensorflow_image,

@@ -35,15 +35,18 @@ def checked(path: str, sha256: str) -> str:
 
 
 @operation()
-def received(local_path: str, sha256: str):
+def received(local_path: str | None, sha256: str):
     """
     The artifact sent from the controller's cache, kept on the host by its digest.
 
-    + local_path: the verified file on the controller
+    + local_path: the verified file on the controller; None when the host needs none sent
     + sha256: its digest, checked again on the host before the file takes its name
     """
     if sha256 in snapshot.current(FolderFiles, path=HOST_ARTIFACT_DIR):
         host.noop(f"the host already has artifact {sha256[:12]}")
+        return
+    if local_path is None:
+        host.noop(f"artifact {sha256[:12]} is not needed: what it installs is in place")
         return
     final = artifact_path(sha256)
     part = f"{final}.part"

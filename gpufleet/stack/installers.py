@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from gpufleet.stack.catalog import CUDNN_PACKAGES, cuda_package_name
 from gpufleet.stack.versions import CudnnPin
 
 # A pinned artifact digest: sha256, as sha256sum prints it.
@@ -180,7 +181,8 @@ def switch_problems(
     other. The user picks one and removes the other; gpufleet does not uninstall it for them.
     """
     path = toolkit_path(cuda_version)
-    package = "cuda-toolkit-" + cuda_version.replace(".", "-")
+    package = cuda_package_name(cuda_version)
+    cudnn_packages = " ".join(CUDNN_PACKAGES)
     problems = []
     if methods.cuda is CudaInstallMethod.RUNFILE and installed.apt_toolkit:
         problems.append(
@@ -196,9 +198,9 @@ def switch_problems(
         )
     if methods.cudnn is CudnnInstallMethod.ARCHIVE and installed.apt_cudnn:
         problems.append(
-            "cudnn_install_method = 'archive': cuDNN is installed from apt (libcudnn8); set "
-            "cudnn_install_method to 'apt', or remove it first (apt-get purge libcudnn8 "
-            "libcudnn8-dev)"
+            f"cudnn_install_method = 'archive': cuDNN is installed from apt ({CUDNN_PACKAGES[0]}); "
+            "set cudnn_install_method to 'apt', or remove it first (apt-get purge "
+            f"{cudnn_packages})"
         )
     if methods.cudnn is CudnnInstallMethod.APT and installed.archive_cudnn:
         problems.append(
@@ -209,29 +211,48 @@ def switch_problems(
     return problems
 
 
+# The artifacts, by the prefix of their data keys (<prefix>_url, <prefix>_sha256).
+ARTIFACTS = ("cuda_runfile", "cudnn_archive", "tensorflow_image_archive")
+
+
+def artifact_sources(
+    package_version: str, given: dict[str, str | None]
+) -> dict[str, tuple[str | None, str | None]]:
+    """
+    Per artifact, its URL and pinned sha256 from the data keys ``given``; the runfile's URL
+    defaults to NVIDIA's for the toolkit release.
+    """
+    sources = {
+        artifact: (given[f"{artifact}_url"], given[f"{artifact}_sha256"]) for artifact in ARTIFACTS
+    }
+    url, sha256 = sources["cuda_runfile"]
+    sources["cuda_runfile"] = (url or runfile_url(package_version), sha256)
+    return sources
+
+
 def missing_artifact_keys(
     methods: InstallMethods, package_version: str, given: dict[str, str | None]
 ) -> list[str]:
     """
     The data keys to set: those of the artifacts the methods need that ``given`` (each
-    artifact's _url and _sha256 key) lacks. The runfile's URL defaults to NVIDIA's; an image
-    archive is optional, but its URL and digest go together.
+    artifact's _url and _sha256 key) lacks. An image archive is optional, but its URL and
+    digest go together.
     """
+    sources = artifact_sources(package_version, given)
     wanted = []
     if methods.cuda is CudaInstallMethod.RUNFILE:
         wanted.append(("cuda_runfile", f"CUDA {package_version} comes from NVIDIA's runfile here"))
     if methods.cudnn is CudnnInstallMethod.ARCHIVE:
         wanted.append(("cudnn_archive", "cuDNN comes from NVIDIA's tar archive here"))
-    if given["tensorflow_image_archive_url"] or given["tensorflow_image_archive_sha256"]:
+    if any(sources["tensorflow_image_archive"]):
         wanted.append(("tensorflow_image_archive", "tensorflow_image comes from an archive"))
     problems = []
     for artifact, why in wanted:
-        url_key, sha256_key = f"{artifact}_url", f"{artifact}_sha256"
-        url = given[url_key]
-        if artifact == "cuda_runfile":
-            url = url or runfile_url(package_version)
+        url, sha256 = sources[artifact]
         missing = [
-            key for key, value in ((url_key, url), (sha256_key, given[sha256_key])) if not value
+            key
+            for key, value in ((f"{artifact}_url", url), (f"{artifact}_sha256", sha256))
+            if not value
         ]
         if missing:
             problems.append(

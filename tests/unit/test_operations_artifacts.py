@@ -17,11 +17,18 @@ RUNFILE_SHA256 = "1" * 64
 CUDNN_SHA256 = "2" * 64
 IMAGE_SHA256 = "3" * 64
 ARTIFACTS = "/var/cache/gpufleet/artifacts"
-CHECK_RUNFILE = (
-    f"echo '{RUNFILE_SHA256}  {ARTIFACTS}/{RUNFILE_SHA256}' | sha256sum --check --status || "
-    f'{{ echo "{ARTIFACTS}/{RUNFILE_SHA256}: sha256 $(sha256sum < {ARTIFACTS}/{RUNFILE_SHA256} '
-    f'| cut -c1-64), not the pinned {RUNFILE_SHA256}" >&2; false; }} || exit 1'
-)
+
+
+def check(path: str, sha256: str) -> str:
+    """The digest check every use of an artifact starts with."""
+    return (
+        f"echo '{sha256}  {path}' | sha256sum --check --status || "
+        f'{{ echo "{path}: sha256 $(sha256sum < {path} | cut -c1-64), not the pinned {sha256}" '
+        ">&2; false; }"
+    )
+
+
+CHECK_RUNFILE = check(f"{ARTIFACTS}/{RUNFILE_SHA256}", RUNFILE_SHA256) + " || exit 1"
 NO_TOOLKIT: dict[str, Any] = {
     "cuda_version": None,
     "runfile_uninstaller": False,
@@ -143,10 +150,7 @@ CASES: list[tuple[Any, OperationCase]] = [
             },
             commands=[
                 "mkdir -p /var/cache/gpufleet/tmp",
-                f"echo '{CUDNN_SHA256}  {ARTIFACTS}/{CUDNN_SHA256}' | sha256sum --check --status "
-                f'|| {{ echo "{ARTIFACTS}/{CUDNN_SHA256}: sha256 $(sha256sum < '
-                f'{ARTIFACTS}/{CUDNN_SHA256} | cut -c1-64), not the pinned {CUDNN_SHA256}" >&2; '
-                "false; } || exit 1; "
+                check(f"{ARTIFACTS}/{CUDNN_SHA256}", CUDNN_SHA256) + " || exit 1; "
                 "scratch=$(mktemp -d /var/cache/gpufleet/tmp/cudnn.XXXXXX) && trap "
                 f'\'rm -rf "$scratch"\' EXIT; tar -xzf {ARTIFACTS}/{CUDNN_SHA256} -C "$scratch" '
                 '--no-same-owner || exit 1; header=$(find "$scratch" -path '
@@ -176,10 +180,7 @@ CASES: list[tuple[Any, OperationCase]] = [
             args={"image": "tensorflow/tensorflow:2.9.0-gpu", "sha256": IMAGE_SHA256},
             facts={"DockerImageId": None},
             commands=[
-                f"echo '{IMAGE_SHA256}  {ARTIFACTS}/{IMAGE_SHA256}' | sha256sum --check --status "
-                f'|| {{ echo "{ARTIFACTS}/{IMAGE_SHA256}: sha256 $(sha256sum < '
-                f'{ARTIFACTS}/{IMAGE_SHA256} | cut -c1-64), not the pinned {IMAGE_SHA256}" >&2; '
-                f"false; }} || exit 1; "
+                check(f"{ARTIFACTS}/{IMAGE_SHA256}", IMAGE_SHA256) + " || exit 1; "
                 f"docker load --input {ARTIFACTS}/{IMAGE_SHA256} || exit 1; docker "
                 "image inspect tensorflow/tensorflow:2.9.0-gpu >/dev/null 2>&1 || { echo "
                 f'"{ARTIFACTS}/{IMAGE_SHA256} does not hold the image "'
@@ -207,10 +208,8 @@ def test_an_artifact_is_sent_then_checked_before_it_takes_its_name(tmp_path: Pat
     assert planned.commands == [
         f"install -d -m 700 {ARTIFACTS}",
         f"upload {final}.part",
-        f"echo '{RUNFILE_SHA256}  {final}.part' | sha256sum --check --status || {{ echo "
-        f'"{final}.part: sha256 $(sha256sum < {final}.part | cut -c1-64), not the pinned '
-        f'{RUNFILE_SHA256}" >&2; false; }} || {{ rm -f {final}.part; exit 1; }}; '
-        f"mv {final}.part {final}",
+        check(f"{final}.part", RUNFILE_SHA256)
+        + f" || {{ rm -f {final}.part; exit 1; }}; mv {final}.part {final}",
     ]
     assert planned.uploads == {f"{final}.part": b"#!/bin/sh\n"}
 
@@ -220,5 +219,12 @@ def test_an_artifact_the_host_has_is_not_sent_again(tmp_path: Path) -> None:
         received,
         {"local_path": str(tmp_path / "not-read"), "sha256": RUNFILE_SHA256},
         {"FolderFiles": [RUNFILE_SHA256]},
+    )
+    assert planned.commands == []
+
+
+def test_nothing_is_sent_for_an_installed_component() -> None:
+    planned = operation_commands(
+        received, {"local_path": None, "sha256": RUNFILE_SHA256}, {"FolderFiles": []}
     )
     assert planned.commands == []
