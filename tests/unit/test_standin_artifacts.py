@@ -144,7 +144,10 @@ def test_only_the_driver_option_installs_the_bundled_driver(runfile: Path, tmp_p
     assert "[INFO]: Executing NVIDIA-Linux-x86_64-460.32.03.run --ui=none" in log
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the root and non-root defaults differ")
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="needs root: it compares a run as root with one as user nobody (setpriv)",
+)
 def test_silent_without_components_installs_everything_as_root(
     runfile: Path, tmp_path: Path
 ) -> None:
@@ -155,8 +158,9 @@ def test_silent_without_components_installs_everything_as_root(
     with tempfile.TemporaryDirectory() as scratch:
         shared = Path(scratch)
         shared.chmod(0o755)
-        (shared / "tmp").mkdir(mode=0o1777)
-        (shared / "tmp").chmod(0o1777)
+        # The unprivileged run's /tmp (its log goes there): nobody's own, not world-writable.
+        (shared / "tmp").mkdir(mode=0o700)
+        os.chown(shared / "tmp", 65534, 65534)
         copy = Path(shutil.copy(runfile, shared / runfile.name))
         nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         env = {**os.environ, "GPUFLEET_STANDIN_ROOT": str(shared)}
