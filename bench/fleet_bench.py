@@ -167,8 +167,8 @@ def bench_artifacts(count: int, work_dir: Path) -> None:
             fetched = sum(server.requests_for(name) * size for name, size in sizes.items())
             sent = [sum(map(int, fleet.ssh(host, received).stdout.split())) for host in fleet.hosts]
             print(
-                f"| {count} | {run} | {figure.seconds:.2f} | {fetched / 2**20:.2f} "
-                f"| {max(sent) / 2**20:.2f} |",
+                f"| {count} | {run} | {figure.seconds:.2f} | {fetched / 2**10:.1f} "
+                f"| {max(sent) / 2**10:.1f} |",
                 flush=True,
             )
 
@@ -184,7 +184,7 @@ def main() -> None:
     arguments.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.platform()}")
     if arguments.artifacts:
-        print("| N | run | wall s | MiB fetched per fleet (total so far) | MiB held per host |")
+        print("| N | run | wall s | KiB fetched per fleet (total so far) | KiB held per host |")
         print("|---|---|---|---|---|")
         for count in arguments.sizes:
             bench_artifacts(count, arguments.work_dir)
