@@ -28,15 +28,24 @@ from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME
 from gpufleet.facts import snapshot
 from gpufleet.facts.gpu_host import GpuHostStateInfo, OsReleaseFields
 from gpufleet.facts.pyinfra_internals import dry_run
+from gpufleet.facts.secure_boot import SecureBootState
 from gpufleet.repository_keys import RepositoryKeyError, fetch_keyring
 from gpufleet.settings import GpuSettings, InventoryData, SettingsError, read_settings
 from gpufleet.stack import catalog, compat, installers
+from gpufleet.stack.hardware import PciBus
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod, InstalledForms
 from gpufleet.stack.repositories import DriverNaming
 
 logger = logging.getLogger("pyinfra")
 
 REFUSAL_HEADLINE = "refusing to deploy, nothing was changed on the host:"
+
+# What the planner makes of the host's Secure Boot state (absent: unknown).
+SECURE_BOOT_ON = {
+    SecureBootState.ENABLED: True,
+    SecureBootState.DISABLED: False,
+    SecureBootState.UNSUPPORTED: False,
+}
 
 
 # Per run (pyinfra State): each refusal message, and the host it was first printed for.
@@ -116,7 +125,11 @@ def plan_or_refusal(
     the stack does not fit the host, its apt does not offer a pin, or there are other
     ``problems``.
     """
-    platform = compat.HostPlatform.from_os_release(host_state["os_release"])
+    platform = compat.HostPlatform.from_os_release(
+        host_state["os_release"],
+        PciBus.from_devices(host_state["pci_devices"]),
+        SECURE_BOOT_ON.get(host_state["secure_boot"]),
+    )
     installed = {
         name: state["version"]
         for name, state in host_state["packages"].items()
@@ -135,10 +148,33 @@ def plan_or_refusal(
         problems += installers.missing_artifact_keys(
             plan.methods, settings.cuda_package_version, artifact_keys(settings)
         )
+        problems += signing_file_problems(settings, host_state["file_digests"])
     keyrings = keyrings_or_refusal(settings, plan, problems, repositories)
     if plan is None or keyrings is None:
         return None
+    for note in plan.notes:
+        host.log_styled(note, fg="cyan", log_func=logger.info)
+    for warning in plan.warnings:
+        host.log_styled(warning, fg="yellow", log_func=logger.warning)
     return plan, keyrings
+
+
+def signing_files(settings: GpuSettings) -> dict[str, str]:
+    """The Machine Owner Key's files on the host, by data key."""
+    files = {
+        "nvidia_module_signing_key": settings.nvidia_module_signing_key,
+        "nvidia_module_signing_cert": settings.nvidia_module_signing_cert,
+    }
+    return {key: path for key, path in files.items() if path}
+
+
+def signing_file_problems(settings: GpuSettings, file_digests: dict[str, str]) -> list[str]:
+    return [
+        f"{key} = {path!r}: there is no such file on the host; enroll the key (mokutil "
+        "--import) and put its files there, or fix the path"
+        for key, path in signing_files(settings).items()
+        if path not in file_digests
+    ]
 
 
 def planned_driver_version(settings: GpuSettings) -> str | None:
@@ -173,7 +209,9 @@ def offered_packages(settings: GpuSettings) -> list[str]:
         for naming in DriverNaming
         for modules in catalog.KernelModules
         for name in catalog.driver_packages(
-            catalog.DriverChoice(naming, candidate, "0", modules, headless=False)
+            catalog.DriverChoice(
+                naming, candidate, "0", modules, headless=False, fabric_manager=True
+            )
         )
     }
     names |= set(catalog.cuda_toolkit_packages(settings.cuda_version, "0"))

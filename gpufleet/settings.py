@@ -80,6 +80,8 @@ _IMAGE_REFERENCE = re.compile(
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
 )
 _NO_CONTROL_CHARACTERS = re.compile(r"[^\x00-\x1f\x7f]*")
+# An absolute path of plain characters, safe in a shell-sourced file without quoting issues.
+_HOST_PATH = re.compile(r"/[A-Za-z0-9._+/-]+")
 
 
 def _redacted(value: Any) -> Any:
@@ -294,12 +296,23 @@ class GpuSettings(BaseModel):
             "is not a driver version; use the full upstream version, e.g. '580.126.16'",
         ),
     ] = Field(default=None, examples=["580.126.16"])
-    # None: open from R560 (NVIDIA's default for Turing and newer), proprietary before.
+    # None: per host from its GPUs (stack/hardware.py: open where a GPU needs them or for data
+    # center GPUs from R515, proprietary for GPUs before Turing), else open from R560.
     nvidia_kernel_modules: Annotated[
         catalog.KernelModules | None, _choice(catalog.KernelModules)
     ] = Field(default=None, examples=["open"])
     # The compute part of the driver only (no X server, no graphics libraries); false: all of it.
     nvidia_driver_headless: Flag = True
+    # Secure Boot hosts: the enrolled Machine Owner Key DKMS signs the NVIDIA modules with
+    # (paths on the host; DKMS's framework configuration is shell, hence the strict shape).
+    nvidia_module_signing_key: Annotated[
+        str | None,
+        _shaped(_HOST_PATH, "is not an absolute path on the host; use e.g. '/root/mok/MOK.priv'"),
+    ] = Field(default=None, examples=["/var/lib/shim-signed/mok/MOK.priv"])
+    nvidia_module_signing_cert: Annotated[
+        str | None,
+        _shaped(_HOST_PATH, "is not an absolute path on the host; use e.g. '/root/mok/MOK.der'"),
+    ] = Field(default=None, examples=["/var/lib/shim-signed/mok/MOK.der"])
     cuda_version: Annotated[
         str, _shaped(_CUDA_RELEASE, "is not a CUDA release; use major.minor, e.g. '11.2'")
     ] = "11.2"
@@ -385,6 +398,8 @@ class GpuSettings(BaseModel):
             "is not a docker image reference; use e.g. 'tensorflow/tensorflow:2.9.0-gpu'",
         ),
     ] = "tensorflow/tensorflow:2.9.0-gpu"
+    # Install the stack even where tensorflow_image does not support a GPU of the host.
+    gpu_allow_unsupported_framework: Flag = False
     # Verification (deploys/verify.py), run at the end of gpu_host unless gpu_verify is false.
     gpu_verify: Flag = True
     # A `docker save` archive of tensorflow_image, loaded where the image is absent (hosts that
@@ -448,7 +463,16 @@ class GpuSettings(BaseModel):
             nvidia_cuda_repo_url=self.nvidia_cuda_repo_url,
             cuda_install_method=self.cuda_install_method,
             cudnn_install_method=self.cudnn_install_method,
+            allow_unsupported_framework=self.gpu_allow_unsupported_framework,
+            module_signing_key=self.nvidia_module_signing_key,
+            module_signing_cert=self.nvidia_module_signing_cert,
         )
+
+    @property
+    def module_signing(self) -> tuple[str, str] | None:
+        """The Machine Owner Key's (private key, certificate) paths on the host, when both set."""
+        key, cert = self.nvidia_module_signing_key, self.nvidia_module_signing_cert
+        return (key, cert) if key and cert else None
 
     def cuda_repo_key_url(self, plan: compat.StackPlan) -> str:
         return self.nvidia_cuda_repo_key_url or compat.repository_key_url(

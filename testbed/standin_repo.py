@@ -311,7 +311,12 @@ def driver_packages(naming: str, release: DriverRelease) -> list[StandinPackage]
     """
     files = driver_files(release.upstream, DRIVER_CUDA_VERSION[release.branch])
     family = (ubuntu_driver_family if naming == "ubuntu" else debian_driver_family)(release, files)
-    return family + companion_packages(release) + pinning_packages(release)
+    return (
+        family
+        + companion_packages(release)
+        + pinning_packages(release)
+        + [fabricmanager_package(release)]
+    )
 
 
 def ubuntu_driver_family(release: DriverRelease, files: DriverFiles) -> list[StandinPackage]:
@@ -694,6 +699,42 @@ def companion_packages(release: DriverRelease) -> list[StandinPackage]:
             depends=(f"libxnvctrl0 (= {version})",),
         ),
     ]
+
+
+FIRST_UNSUFFIXED_FABRIC_MANAGER_BRANCH = 580
+
+
+def fabricmanager_package(release: DriverRelease) -> StandinPackage:
+    """nvidia-fabricmanager-<branch>, what HGX systems with NVSwitch need at the driver's version.
+
+    Fields and paths from NVIDIA/apt-packaging-fabric-manager (debian/templates/control.in and
+    nvidia-fabricmanager-BRANCH.install.in); its revision is -1 in both namings (535.161.07-1,
+    issue #3 there). nvswitch-audit, the topology files and the -dev package are left out. From
+    R580 NVIDIA names it nvidia-fabricmanager, unsuffixed (gpu-driver-container's
+    fabricmanager_install: `nvidia-fabricmanager=${DRIVER_VERSION}-1` from branch 580).
+    """
+    nvswitch_dir = "/usr/share/nvidia/nvswitch"
+    unsuffixed = int(release.branch) >= FIRST_UNSUFFIXED_FABRIC_MANAGER_BRANCH
+    # The suffixed packages stand for the unsuffixed name, so two branches never coexist.
+    others = () if unsuffixed else ("nvidia-fabricmanager",)
+    return StandinPackage(
+        "nvidia-fabricmanager" if unsuffixed else f"nvidia-fabricmanager-{release.branch}",
+        f"{release.upstream}-1",
+        "Fabric Manager for NVSwitch based systems.",
+        depends=("libc6 (>= 2.2.1)",),
+        provides=others,
+        replaces=others,
+        conflicts=others,
+        files={
+            "/usr/bin/nv-fabricmanager": program(
+                "nv-fabricmanager", DRIVER_VERSION=release.upstream
+            ),
+            "/lib/systemd/system/nvidia-fabricmanager.service": text_file(
+                payload_text("nvidia-fabricmanager.service")
+            ),
+            f"{nvswitch_dir}/fabricmanager.cfg": text_file(payload_text("fabricmanager.cfg")),
+        },
+    )
 
 
 def pinning_packages(release: DriverRelease) -> list[StandinPackage]:

@@ -23,6 +23,7 @@ from pyinfra.operations import server
 
 from gpufleet.deploys.cuda import CUDA_REPO_NAME, cuda_repository
 from gpufleet.deploys.nvidia_driver import (
+    DKMS_SIGNING_PATH,
     can_reload_modules,
     installed_driver_version,
     module_change_reason,
@@ -37,6 +38,7 @@ from gpufleet.preflight import (
     plan_or_refusal,
     refuse_host,
     settings_or_refusal,
+    signing_files,
 )
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog
@@ -167,7 +169,9 @@ def driver_upgrade() -> None:
     if settings is None:
         return
     host_state = snapshot.take(
-        packages=list(catalog.DRIVER_PACKAGE_PATTERNS), offered_packages=offered_packages(settings)
+        packages=list(catalog.DRIVER_PACKAGE_PATTERNS),
+        offered_packages=offered_packages(settings),
+        files=[DKMS_SIGNING_PATH, *signing_files(settings).values()],
     )
     planned = plan_or_refusal(settings, host_state, [], (CUDA_REPO_NAME,))
     if planned is None:
@@ -193,4 +197,5 @@ def install_driver(
         host_state=host_state,
         reboot_allowed=settings.gpu_reboot_allowed,
         lock_timeout=settings.gpu_apt_lock_timeout,
+        module_signing=settings.module_signing,
     )

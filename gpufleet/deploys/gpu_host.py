@@ -27,6 +27,7 @@ from gpufleet.deploys.docker import docker
 from gpufleet.deploys.driver_upgrade import install_driver, prepare_driver_change
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME, nvidia_container_toolkit
 from gpufleet.deploys.nvidia_driver import (
+    DKMS_SIGNING_PATH,
     NOUVEAU_BLACKLIST_PATH,
     PERSISTENCED_BOOT_LINK,
     PERSISTENCED_DROPIN_PATH,
@@ -46,6 +47,7 @@ from gpufleet.preflight import (
     offered_packages,
     plan_or_refusal,
     settings_or_refusal,
+    signing_files,
 )
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog, installers, urls
@@ -90,6 +92,8 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         PERSISTENCED_DROPIN_PATH,
         UNATTENDED_UPGRADES_PATH,
         *environment_files(settings.cuda_version),
+        DKMS_SIGNING_PATH,
+        *signing_files(settings).values(),
     ]
     cuda_urls = (
         [settings.nvidia_cuda_repo_url]
@@ -104,7 +108,7 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         "daemon_json_path": DAEMON_JSON_PATH,
         "files": sorted(files),
         "symlinks": [PERSISTENCED_BOOT_LINK],
-        "units": [DOCKER_SERVICE, PERSISTENCED_SERVICE],
+        "units": [DOCKER_SERVICE, PERSISTENCED_SERVICE, catalog.FABRIC_MANAGER_SERVICE],
         "toolkit_path": installers.toolkit_path(settings.cuda_version),
         "image": settings.tensorflow_image,
         "artifact_folder": installers.HOST_ARTIFACT_DIR,

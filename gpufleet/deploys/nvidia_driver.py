@@ -80,6 +80,19 @@ PERSISTENCED_SERVICE = "nvidia-persistenced.service"
 PERSISTENCED_BOOT_LINK = f"/etc/systemd/system/multi-user.target.wants/{PERSISTENCED_SERVICE}"
 PERSISTENCED_UNIT = f"/lib/systemd/system/{PERSISTENCED_SERVICE}"
 
+# DKMS (3.x) reads framework.conf.d after framework.conf; mok_signing_key and mok_certificate
+# are the key pair it signs every module it builds with (dkms's README, "Module signing").
+DKMS_SIGNING_PATH = "/etc/dkms/framework.conf.d/gpufleet-module-signing.conf"
+
+
+def dkms_signing_config(key_path: str, cert_path: str) -> str:
+    """The DKMS configuration (sourced by bash: the paths are checked plain, see settings)."""
+    return (
+        "# Managed by gpufleet: Secure Boot loads only modules signed with an enrolled key.\n"
+        f'mok_signing_key="{key_path}"\nmok_certificate="{cert_path}"\n'
+    )
+
+
 logger = logging.getLogger("pyinfra")
 
 
@@ -130,18 +143,22 @@ def can_reload_modules(kernel: NvidiaKernelInfo) -> bool:
     return bool(kernel["nvidia_modules"]) and not kernel["nouveau_loaded"]
 
 
-def reload_modules_command(loaded_modules: list[str]) -> str:
+def reload_modules_command(loaded_modules: list[str], fabric_manager: bool = False) -> str:
     """
-    Unload the NVIDIA modules and load the installed ones, with nvidia-persistenced (which holds
-    the devices open) stopped meanwhile. The kernel refuses to unload a module still in use.
+    Unload the NVIDIA modules and load the installed ones, with the daemons that hold the
+    devices open (nvidia-persistenced; the fabric manager, which must then run the new
+    driver's version) stopped meanwhile. The kernel refuses to unload a module still in use.
     """
     unload = [name for name in MODULE_UNLOAD_ORDER if name in loaded_modules]
+    daemons = " ".join(
+        [PERSISTENCED_SERVICE, *([catalog.FABRIC_MANAGER_SERVICE] if fabric_manager else [])]
+    )
     return (
-        "systemctl stop nvidia-persistenced; "
+        f"systemctl stop {daemons}; "
         f"if modprobe -r {' '.join(unload)}; then modprobe -a {' '.join(reversed(unload))}; "
         "status=$?; else status=1; echo "
         + shlex.quote("the NVIDIA kernel modules are still in use: reboot required")
-        + " >&2; fi; systemctl start nvidia-persistenced; exit $status"
+        + f" >&2; fi; systemctl start {daemons}; exit $status"
     )
 
 
@@ -210,18 +227,22 @@ def reboot_required(reason: str):
 
 
 @deploy("Load the pinned NVIDIA kernel module")
-def activate_driver(version: str, reboot_allowed: bool, host_state: GpuHostStateInfo) -> None:
+def activate_driver(
+    driver: catalog.DriverChoice, reboot_allowed: bool, host_state: GpuHostStateInfo
+) -> None:
     """Reload the NVIDIA modules when nothing holds them, or reboot, or stop the host."""
     kernel = host_state["nvidia_kernel"]
     # The loaded module only changes at a reload or a reboot, so this need does not depend on
     # whether this run changed anything: an earlier run may have installed and stopped.
-    reason = module_change_reason(kernel, host_state["nvidia_smi"], version)
+    reason = module_change_reason(kernel, host_state["nvidia_smi"], driver.version)
     if reason is None:
         return
     if can_reload_modules(kernel):
         server.shell(
             name=f"Reload the NVIDIA kernel modules: {reason}",
-            commands=[reload_modules_command(list(kernel["nvidia_modules"]))],
+            commands=[
+                reload_modules_command(list(kernel["nvidia_modules"]), driver.fabric_manager)
+            ],
         )
     elif reboot_allowed:
         reboot(name=f"Reboot: {reason}")
@@ -235,6 +256,7 @@ def nvidia_driver(
     host_state: GpuHostStateInfo,
     reboot_allowed: bool,
     lock_timeout: int,
+    module_signing: tuple[str, str] | None = None,
 ) -> None:
     """
     + driver: the driver's packages, branch, exact upstream version and module flavour
@@ -242,6 +264,8 @@ def nvidia_driver(
       (catalog.DRIVER_PACKAGE_PATTERNS): those the driver does not keep are removed first
     + reboot_allowed: reboot when the new kernel module cannot be loaded otherwise
     + lock_timeout: seconds to wait for another process's dpkg lock
+    + module_signing: the Machine Owner Key's private key and certificate paths on the host,
+      for DKMS to sign the modules with (Secure Boot hosts)
     """
     # None only when `uname -r` fails, which a host that got this far does not.
     kernel_release = str(host_state["kernel_release"])
@@ -281,6 +305,11 @@ def nvidia_driver(
                 )
             ],
         )
+    if module_signing is not None:
+        files.contents(
+            name="DKMS signs the NVIDIA modules with the enrolled Machine Owner Key",
+            files={DKMS_SIGNING_PATH: dkms_signing_config(*module_signing)},
+        )
     apt.pinned_packages(
         name=f"NVIDIA driver {driver.version} (pinned, held)",
         packages=catalog.driver_packages(driver),
@@ -302,4 +331,12 @@ def nvidia_driver(
         unit=PERSISTENCED_SERVICE,
         argument=PERSISTENCE_MODE,
     )
-    activate_driver(version=driver.version, reboot_allowed=reboot_allowed, host_state=host_state)
+    activate_driver(driver=driver, reboot_allowed=reboot_allowed, host_state=host_state)
+    if driver.fabric_manager:
+        # After the module: the fabric manager refuses to start beside another driver version.
+        systemd.service(
+            name="nvidia-fabricmanager running, started at boot",
+            unit=catalog.FABRIC_MANAGER_SERVICE,
+            running=True,
+            enabled=True,
+        )

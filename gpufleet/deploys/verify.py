@@ -44,6 +44,8 @@ from gpufleet.operations import packages as apt
 from gpufleet.preflight import planned_driver_version, refuse_host, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack.catalog import HOST_TEST_PACKAGES
+from gpufleet.stack.compat import tensorflow_version_of_image
+from gpufleet.stack.hardware import PciBus, PciDevice, framework_coverage
 
 HOST_TENSORFLOW_VENV = f"/opt/gpufleet/tensorflow-{HOST_TENSORFLOW_VERSION}"
 HOST_TENSORFLOW_PYTHON = f"{HOST_TENSORFLOW_VENV}/bin/python"
@@ -76,6 +78,7 @@ def host_evidence(
         "lspci": gathered["lspci"],
         "nvidia_smi": gathered["nvidia_smi"],
         "nvidia_kernel": gathered["nvidia_kernel"],
+        "nvrm_messages": gathered["nvrm_messages"],
         "cuda": gathered["cuda"],
         "cudnn_version": gathered["cudnn_version"],
         "ldconfig": gathered["ldconfig"],
@@ -110,16 +113,35 @@ def result_document(
     gathered: VerificationEvidenceInfo,
     evidence: HostEvidence,
     verdict: HostVerdict,
+    image: str,
 ) -> dict[str, Any]:
     """One host's result file, as deploys/fleet_report.py reads it."""
     os_release = gathered["os_release"]
+    smoke_test_run = gathered["smoke_test_run"]
     return {
         "host": host_name,
         "os": os_release.get("PRETTY_NAME") or os_release.get("ID"),
         "verdict": verdict,
         "facts": gathered,
         "smoke_test": evidence.get("smoke_test"),
+        # The run's wall time: on a JIT-only GPU the first start compiles the kernels.
+        "smoke_test_seconds": smoke_test_run.get("seconds") if smoke_test_run else None,
+        "framework_coverage": coverage_record(gathered["pci_devices"], image),
     }
+
+
+def coverage_record(pci_devices: list[PciDevice], image: str) -> list[dict[str, str]]:
+    """How ``image`` covers each GPU on the bus (native, JIT-only, unsupported)."""
+    coverage = framework_coverage(
+        PciBus.from_devices(pci_devices),
+        image,
+        tensorflow_version_of_image(image),
+        allow_unsupported=True,
+    )
+    return [
+        {"address": gpu.address, "gpu": gpu.describe(), "grade": grade.value}
+        for gpu, grade in coverage.grades
+    ]
 
 
 def result_path(results_dir: str, host_name: str) -> Path:
@@ -180,7 +202,7 @@ def verified(
     verdict = diagnose(evidence, expectations)
     write_result(
         result_path(results_dir, host.name),
-        result_document(host.name, gathered, evidence, verdict),
+        result_document(host.name, gathered, evidence, verdict, expectations.tensorflow_image),
     )
     if verdict["state"] == "broken" and fail_broken:
         yield FunctionCommand(fail_host, (verdict["summary"],), {})

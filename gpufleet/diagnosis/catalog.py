@@ -48,14 +48,35 @@ DRIVER_LIBRARY_MISMATCH = KnownFailure(
     "reboot the host (or unload and reload the nvidia modules) to load driver {driver}",
 )
 
+# The driver's branch cannot drive a GPU on the bus: the kernel log says so (flatcar/Flatcar#1283,
+# 535.104.05), while nvidia-smi only fails to reach the driver or finds no device.
+GPU_NOT_SUPPORTED = KnownFailure(
+    re.compile(
+        r"NVRM: The NVIDIA GPU (\S+) \(PCI ID: (10de:[0-9a-f]{4})\)[\s\S]{0,200}?"
+        r"not supported by the[\s\S]{0,80}?NVIDIA ([\d.]+)"
+    ),
+    "driver {2} does not support the GPU {1} at {0}",
+    "pin a driver branch that drives this GPU (gpufleet's plan names them from the PCI bus), "
+    "then " + RERUN,
+)
+
 # Most specific and most fundamental first: the first match explains a message.
 KNOWN_FAILURES = (
+    GPU_NOT_SUPPORTED,
     DRIVER_LIBRARY_MISMATCH,
     KnownFailure(
         re.compile(r"couldn't communicate with the NVIDIA driver"),
         "the NVIDIA kernel module is not loaded",
         "modprobe nvidia; if that fails, install linux-headers-$(uname -r), " + RERUN + " and "
         "reboot (the module must be built for the running kernel)",
+    ),
+    KnownFailure(
+        # nvidia-smi's answer when the module loaded but initialised no GPU (nvidia-smi(1)).
+        re.compile(r"^No devices were found", re.MULTILINE),
+        "the NVIDIA driver initialised no GPU: a GPU on the bus that driver {driver} does not "
+        "support, or GPUs that fell off the bus",
+        "compare the GPUs on the PCI bus with the driver branch (gpufleet's plan names the "
+        "branches that drive them); look for NVRM and Xid lines in dmesg",
     ),
     KnownFailure(
         re.compile(

@@ -22,7 +22,9 @@ def check_driver(evidence: HostEvidence, expectations: Expectations) -> list[Che
             )
         ]
     if nvidia_smi["error"]:
-        known = explain(nvidia_smi["error"], expectations)
+        # The kernel log says why a GPU was not initialised, which nvidia-smi cannot.
+        kernel_log = "\n".join(evidence.get("nvrm_messages") or [])
+        known = explain(f"{kernel_log}\n{nvidia_smi['error']}", expectations)
         problem, fix = known or ("nvidia-smi fails", f"reinstall driver {driver} ({RERUN})")
         return [failed(answers, nvidia_smi["error"], problem, fix)]
     checks = [ok(answers, f"{len(nvidia_smi['gpus'])} GPU(s)")]

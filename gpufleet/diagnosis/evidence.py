@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Required, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Required, TypedDict
 
 if TYPE_CHECKING:  # the facts modules import pyinfra; only their shapes are needed here
     from gpufleet.facts.cuda import CudaToolkitsInfo
@@ -31,6 +31,7 @@ class CommandRun(TypedDict):
     command: str
     exit_status: int
     output: str  # stdout and stderr together
+    seconds: NotRequired[float | None]  # how long it ran (None: not measured)
 
 
 class HostEvidence(TypedDict, total=False):
@@ -43,6 +44,7 @@ class HostEvidence(TypedDict, total=False):
     lspci: list[str] | None  # `lspci -nn` lines
     nvidia_smi: NvidiaSmiInfo | None
     nvidia_kernel: NvidiaKernelInfo | None
+    nvrm_messages: list[str]  # the kernel log's "NVRM:" lines
     cuda: CudaToolkitsInfo | None
     cudnn_version: str | None
     ldconfig: list[str] | None  # `ldconfig -p` lines

@@ -34,7 +34,10 @@ from gpufleet.facts.docker import (
 from gpufleet.facts.files import FileDigests, FolderFiles, SymlinkTargets
 from gpufleet.facts.gpu_users import GpuUsers, GpuUsersInfo
 from gpufleet.facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
+from gpufleet.facts.pci import NvidiaPciDevices
+from gpufleet.facts.secure_boot import SecureBoot, SecureBootState
 from gpufleet.facts.systemd_units import UnitMainCommands
+from gpufleet.stack.hardware import PciDevice
 
 SECTION_MARKER = "@@gpufleet:section:"
 
@@ -135,6 +138,8 @@ class Python3Version(FactBase[str | None]):
 class GpuHostStateInfo(TypedDict):
     os_release: dict[str, str]
     kernel_release: str | None
+    pci_devices: list[PciDevice]
+    secure_boot: SecureBootState
     nvidia_smi: NvidiaSmiInfo | None
     nvidia_kernel: NvidiaKernelInfo
     cuda: CudaToolkitsInfo
@@ -163,6 +168,8 @@ class GpuHostStateInfo(TypedDict):
 SECTION_FACTS: dict[str, FactBase] = {
     "os_release": OsReleaseFields(),
     "kernel_release": KernelVersion(),
+    "pci_devices": NvidiaPciDevices(),
+    "secure_boot": SecureBoot(),
     "nvidia_smi": NvidiaSmi(),
     "nvidia_kernel": NvidiaKernel(),
     "cuda": CudaToolkits(),
@@ -235,10 +242,10 @@ def parse_gpu_host_state(output: list[str]) -> GpuHostStateInfo:
 class GpuHostState(FactBase[GpuHostStateInfo]):
     """
     Returns, in one round trip, what the individual facts return: os_release, kernel_release,
-    nvidia_smi, nvidia_kernel, cuda, toolkit_files (ToolkitFiles of ``toolkit_path``),
-    cudnn_version, packages (DebPackageStates of ``packages``),
-    held_packages, apt_source_files (AptSourceFiles of ``repository_locations``), apt_offers
-    (AptOffers of ``offered_packages``),
+    pci_devices (NVIDIA's devices on the PCI bus), secure_boot, nvidia_smi, nvidia_kernel, cuda,
+    toolkit_files (ToolkitFiles of ``toolkit_path``), cudnn_version, packages (DebPackageStates
+    of ``packages``), held_packages, apt_source_files (AptSourceFiles of
+    ``repository_locations``), apt_offers (AptOffers of ``offered_packages``),
     docker_daemon_config, docker_info, tensorflow_image_id (DockerImageId of ``image``),
     dockerd_installed, python3_version, gpu_users, file_digests (FileDigests of ``files``),
     host_artifacts (FolderFiles of ``artifact_folder``), symlink_targets (SymlinkTargets of

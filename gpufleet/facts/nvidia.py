@@ -214,3 +214,18 @@ class NvidiaKernel(FactBase[NvidiaKernelInfo]):
 
     def process(self, output: list[str]) -> NvidiaKernelInfo:
         return parse_nvidia_kernel(output)
+
+
+class NvrmMessages(FactBase[list[str]]):
+    """
+    Returns the NVIDIA kernel module's recent messages (the "NVRM:" lines of the kernel log):
+    why a GPU was not initialised, which nvidia-smi cannot say.
+    """
+
+    default = list
+
+    def command(self) -> str:
+        return "dmesg 2>/dev/null | grep -F 'NVRM:' | tail -n 40; true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return output

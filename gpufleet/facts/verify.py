@@ -15,18 +15,23 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from pyinfra.api import FactBase
 
 from gpufleet.facts.gpu_host import SECTION_FACTS, combined_command, fact_value, split_sections
+from gpufleet.facts.nvidia import NvrmMessages
 
 if TYPE_CHECKING:
     from gpufleet.diagnosis import CommandRun
     from gpufleet.facts.cuda import CudaToolkitsInfo
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
+    from gpufleet.stack.hardware import PciDevice
 
 # The first line of an installed lspci's answer, so "no PCI devices" differs from "no lspci".
 LSPCI_MARKER = "@@gpufleet:lspci"
 # A command run's section starts with what was run and ends with its exit status.
 RUN_MARKER = "@@gpufleet:run:"
 EXIT_MARKER = "@@gpufleet:exit="
+# Before the exit status: how long the run took (a first TensorFlow start on a GPU it has only
+# PTX for compiles its kernels, which takes minutes).
+ELAPSED_MARKER = "@@gpufleet:elapsed-ms="
 HEREDOC_DELIMITER = "GPUFLEET_SMOKE_TEST_EOF"
 # The smoke test gpufleet ships; standard library, tensorflow and numpy only.
 # Package data, so it is found the same from the checkout and from an installed wheel.
@@ -72,14 +77,21 @@ def command_run_script(command: str, stdin: str | None = None) -> str:
     EXIT_MARKER; ``stdin`` is fed to it from a here-document.
     """
     # A subshell, so a command list or an `exit` in it stays within the run.
-    script = f"echo {shlex.quote(RUN_MARKER + command)}; ( {command}\n) 2>&1"
+    script = (
+        f"gpufleet_start=$(date +%s%N); echo {shlex.quote(RUN_MARKER + command)}; "
+        f"( {command}\n) 2>&1"
+    )
     if stdin is not None:
         if any(line == HEREDOC_DELIMITER for line in stdin.splitlines()):
             raise ValueError(f"stdin holds the line {HEREDOC_DELIMITER}, which would end it early")
         script += f" <<'{HEREDOC_DELIMITER}'\n{stdin}\n{HEREDOC_DELIMITER}\n"
     else:
         script += "; "
-    return script + f'echo "{EXIT_MARKER}$?"'
+    elapsed = "$(( ($(date +%s%N) - gpufleet_start) / 1000000 ))"
+    return (
+        script + f'gpufleet_status=$?; echo "{ELAPSED_MARKER}{elapsed}"; '
+        f'echo "{EXIT_MARKER}$gpufleet_status"'
+    )
 
 
 def parse_command_run(output: list[str]) -> CommandRun | None:
@@ -90,10 +102,14 @@ def parse_command_run(output: list[str]) -> CommandRun | None:
     exit_status = -1  # killed before it could report one
     if lines and re.fullmatch(rf"{re.escape(EXIT_MARKER)}-?\d+", lines[-1]):
         exit_status = int(lines.pop().removeprefix(EXIT_MARKER))
+    seconds = None
+    if lines and re.fullmatch(rf"{re.escape(ELAPSED_MARKER)}\d+", lines[-1]):
+        seconds = int(lines.pop().removeprefix(ELAPSED_MARKER)) / 1000
     return {
         "command": output[0].removeprefix(RUN_MARKER),
         "exit_status": exit_status,
         "output": "\n".join(lines),
+        "seconds": seconds,
     }
 
 
@@ -121,6 +137,8 @@ class VerificationEvidenceInfo(TypedDict):
     lspci: list[str] | None
     nvidia_smi: NvidiaSmiInfo | None
     nvidia_kernel: NvidiaKernelInfo
+    nvrm_messages: list[str]
+    pci_devices: list[PciDevice]
     cuda: CudaToolkitsInfo
     cudnn_version: str | None
     ldconfig: list[str] | None
@@ -136,6 +154,8 @@ EVIDENCE_FACTS: dict[str, FactBase] = {
     "lspci": LspciDevices(),
     "nvidia_smi": SECTION_FACTS["nvidia_smi"],
     "nvidia_kernel": SECTION_FACTS["nvidia_kernel"],
+    "nvrm_messages": NvrmMessages(),
+    "pci_devices": SECTION_FACTS["pci_devices"],
     "cuda": SECTION_FACTS["cuda"],
     "cudnn_version": SECTION_FACTS["cudnn_version"],
     "ldconfig": LoaderCache(),

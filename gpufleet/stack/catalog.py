@@ -33,6 +33,8 @@ class DriverChoice:
     kernel_modules: KernelModules
     # Without the X server and graphics libraries: what a training server needs.
     headless: bool
+    # NVSwitch systems: the fabric manager, at the driver's exact version.
+    fabric_manager: bool = False
 
 
 # A driver branch's packages as NVIDIA's Ubuntu repositories name them (Canonical's packaging):
@@ -65,6 +67,21 @@ UBUNTU_IFR_PACKAGES = ("libnvidia-ifr1-{branch}",)
 LAST_BRANCH_WITH_IFR = 470
 UBUNTU_COMPANIONS = ("nvidia-modprobe",)
 UBUNTU_FULL_COMPANIONS = ("nvidia-settings", "libxnvctrl0")
+
+# NVSwitch systems' fabric manager: it refuses to start beside another driver version, so it
+# is pinned and held with the driver. Named by branch in both namings up to R575, without the
+# branch from R580 (SOURCES.md).
+FABRIC_MANAGER_PACKAGES = ("nvidia-fabricmanager-{branch}",)
+FABRIC_MANAGER_PACKAGE = "nvidia-fabricmanager"
+FIRST_UNSUFFIXED_FABRIC_MANAGER_BRANCH = 580
+FABRIC_MANAGER_SERVICE = "nvidia-fabricmanager.service"
+
+
+def fabric_manager_package(branch: str) -> str:
+    if int(branch) >= FIRST_UNSUFFIXED_FABRIC_MANAGER_BRANCH:
+        return FABRIC_MANAGER_PACKAGE
+    return FABRIC_MANAGER_PACKAGES[0].format(branch=branch)
+
 
 # Debian's packaging (NVIDIA's debian11/12/13 repositories): one name per role, the branch
 # only in the version. Compute-only is nvidia-driver-cuda; nvidia-driver adds the X driver.
@@ -126,11 +143,14 @@ def driver_packages(choice: DriverChoice) -> dict[str, str | None]:
         if choice.naming is DriverNaming.UBUNTU
         else _debian_driver_names(choice)
     )
+    if choice.fabric_manager:
+        names.append(fabric_manager_package(choice.branch))
     return {name: any_revision(choice.version) for name in sorted(names)}
 
 
 # Every driver package of every branch and flavour, for the host read: dpkg-query globs.
 _UBUNTU_NAMES = (
+    *FABRIC_MANAGER_PACKAGES,
     *UBUNTU_KERNEL_PACKAGES,
     *UBUNTU_HEADLESS_PACKAGES,
     *UBUNTU_FULL_PACKAGES,
@@ -156,6 +176,7 @@ DRIVER_PACKAGE_PATTERNS = tuple(
             # The branch's glob also matches the -open and -server names.
             *(name.format(branch="[0-9]*", open="") for name in _UBUNTU_NAMES),
             *CANONICAL_MODULE_PATTERNS,
+            FABRIC_MANAGER_PACKAGE,
             *UBUNTU_COMPANIONS,
             *UBUNTU_FULL_COMPANIONS,
             *_DEBIAN_NAMES,
@@ -193,8 +214,10 @@ COMPANIONS = frozenset({*UBUNTU_COMPANIONS, *UBUNTU_FULL_COMPANIONS})
 
 def is_driver_package(name: str) -> bool:
     """A package of some driver branch or flavour (the companions aside)."""
-    return driver_family_branch(name) is not None or (
-        name in _DEBIAN_NAMES and name not in COMPANIONS
+    return (
+        driver_family_branch(name) is not None
+        or name == FABRIC_MANAGER_PACKAGE
+        or (name in _DEBIAN_NAMES and name not in COMPANIONS)
     )
 
 

@@ -27,6 +27,13 @@ from gpufleet.stack.catalog import (
     cuda_toolkit_packages,
     cudnn_packages,
 )
+from gpufleet.stack.hardware import (
+    FrameworkCoverage,
+    PciBus,
+    branch_problems,
+    framework_coverage,
+    module_flavour,
+)
 from gpufleet.stack.installers import (
     CUDA_RELEASE_MIN_DRIVER,
     AptCarries,
@@ -98,8 +105,6 @@ DRIVER_RELEASES: dict[str, str] = {
     "535": "535.183.01",
     "580": "580.159.04",
 }
-# From this branch NVIDIA makes the open kernel modules the default (Turing and newer GPUs).
-OPEN_MODULES_DEFAULT_BRANCH = 560
 # From this branch NVIDIA's Ubuntu packages drop the branch from their names: not catalogued yet.
 FIRST_UNSUFFIXED_UBUNTU_BRANCH = 590
 
@@ -131,6 +136,10 @@ class StackRequest:
     nvidia_cuda_repo_url: str | None
     cuda_install_method: CudaInstallMethod = CudaInstallMethod.AUTO
     cudnn_install_method: CudnnInstallMethod = CudnnInstallMethod.AUTO
+    allow_unsupported_framework: bool = False
+    # Paths on the host of the Machine Owner Key DKMS signs the modules with (both or neither).
+    module_signing_key: str | None = None
+    module_signing_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,11 +148,22 @@ class HostPlatform:
 
     os_id: str
     os_version_id: str
+    bus: PciBus = PciBus()
+    # Whether the host booted with UEFI Secure Boot on (None: unknown).
+    secure_boot: bool | None = None
 
     @classmethod
-    def from_os_release(cls, os_release: dict[str, str]) -> HostPlatform:
+    def from_os_release(
+        cls,
+        os_release: dict[str, str],
+        bus: PciBus | None = None,
+        secure_boot: bool | None = None,
+    ) -> HostPlatform:
         return cls(
-            os_id=os_release.get("ID", "unknown"), os_version_id=os_release.get("VERSION_ID", "")
+            os_id=os_release.get("ID", "unknown"),
+            os_version_id=os_release.get("VERSION_ID", ""),
+            bus=bus or PciBus(),
+            secure_boot=secure_boot,
         )
 
     @property
@@ -172,12 +192,16 @@ def tensorflow_version_of_image(image: str) -> str | None:
 @dataclass(frozen=True)
 class StackPlan:
     """What the host gets: its CUDA repository (None: a mirror gpufleet knows nothing of), the
-    driver chosen for it, and how its toolkit and cuDNN are installed."""
+    driver chosen for it, how its toolkit and cuDNN are installed, what was decided from its
+    GPUs and why (``notes``), and what works but deserves a look (``warnings``)."""
 
     repository: CudaRepository | None
     repository_url: str
     driver: DriverChoice
     methods: InstallMethods
+    coverage: FrameworkCoverage = FrameworkCoverage()
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def host_repository(request: StackRequest, platform: HostPlatform) -> CudaRepository | None:
@@ -208,7 +232,7 @@ def plan_stack(
         return None, problems
     repository = host_repository(request, platform)
     url = request.nvidia_cuda_repo_url or (repository.url if repository else "")
-    driver, problems = _choose_driver(request, platform, repository)
+    driver, notes, problems = _choose_driver(request, platform, repository)
     methods = resolve_methods(
         request.cuda_install_method,
         request.cudnn_install_method,
@@ -223,9 +247,18 @@ def plan_stack(
         problems += _check_tensorflow(request)
         problems += _check_repository(request, repository, methods)
     problems += _check_container_toolkit(request)
+    problems += _check_secure_boot(request, platform)
+    coverage = framework_coverage(
+        platform.bus,
+        request.tensorflow_image,
+        tensorflow_version_of_image(request.tensorflow_image),
+        request.allow_unsupported_framework,
+    )
+    problems += coverage.problems
     if problems or driver is None:
         return None, problems
-    return StackPlan(repository, url, driver, methods), []
+    summary = (platform.bus.summary(), *notes, f"Secure Boot: {_secure_boot_text(platform)}")
+    return StackPlan(repository, url, driver, methods, coverage, summary, coverage.warnings), []
 
 
 def apt_carries(
@@ -257,29 +290,38 @@ def apt_carries(
 
 def _choose_driver(
     request: StackRequest, platform: HostPlatform, repository: CudaRepository | None
-) -> tuple[DriverChoice | None, list[str]]:
+) -> tuple[DriverChoice | None, list[str], list[str]]:
+    """The host's driver, the notes on how it was chosen, or the problems."""
     branch, version = request.nvidia_driver_branch, request.nvidia_driver_version
     if branch is None:
         branch = version.split(".")[0] if version else default_driver_branch(repository)
     if version is None:
         version = DRIVER_RELEASES.get(branch)
         if version is None:
-            return None, [
-                f"nvidia_driver_version is not set and gpufleet pins no release of "
-                f"nvidia_driver_branch = {branch!r}; set nvidia_driver_version to an exact "
-                f"{branch} release, or use a branch gpufleet pins: {', '.join(DRIVER_RELEASES)}"
-            ]
+            return (
+                None,
+                [],
+                [
+                    f"nvidia_driver_version is not set and gpufleet pins no release of "
+                    f"nvidia_driver_branch = {branch!r}; set nvidia_driver_version to an exact "
+                    f"{branch} release, or use a branch gpufleet pins: {', '.join(DRIVER_RELEASES)}"
+                ],
+            )
     problems = _check_driver(branch, version)
     if problems:
-        return None, problems
+        return None, [], problems
     naming = repository.naming if repository else platform.naming
+    setting = (
+        f"nvidia_driver_branch = {branch!r}"
+        if request.nvidia_driver_branch
+        else f"nvidia_driver_branch (default {branch!r})"
+    )
+    candidates = [
+        b for b in DRIVER_RELEASES if repository is None or b in repository.driver_branches
+    ]
+    problems += branch_problems(platform.bus, int(branch), setting, candidates)
     if repository and branch not in repository.driver_branches:
         pinned = [b for b in DRIVER_RELEASES if b in repository.driver_branches]
-        setting = (
-            f"nvidia_driver_branch = {branch!r}"
-            if request.nvidia_driver_branch
-            else f"nvidia_driver_branch (default {branch!r})"
-        )
         fix = (
             f"set nvidia_driver_branch to one gpufleet pins a release of: {', '.join(pinned)}"
             if pinned
@@ -297,19 +339,36 @@ def _choose_driver(
             "NVIDIA's Ubuntu packages drop the branch from their names, which gpufleet does not "
             f"install yet; use {DEFAULT_DRIVER_BRANCH}"
         )
-    modules = request.nvidia_kernel_modules or (
-        KernelModules.OPEN
-        if int(branch) >= OPEN_MODULES_DEFAULT_BRANCH
-        else KernelModules.PROPRIETARY
+    modules, why, flavour_problems = module_flavour(
+        platform.bus, int(branch), request.nvidia_kernel_modules
     )
-    if modules is KernelModules.OPEN and int(branch) < FIRST_OPEN_MODULES_BRANCH:
+    problems += flavour_problems
+    if (
+        request.nvidia_kernel_modules is KernelModules.OPEN
+        and int(branch) < FIRST_OPEN_MODULES_BRANCH
+    ):
         problems.append(
             f"nvidia_kernel_modules = 'open': R{branch} has no open kernel modules (they start "
             f"with R{FIRST_OPEN_MODULES_BRANCH}); set it to 'proprietary' or use a newer branch"
         )
     if problems:
-        return None, problems
-    return DriverChoice(naming, branch, version, modules, request.nvidia_driver_headless), []
+        return None, [], problems
+    fabric_manager = platform.bus.needs_fabric_manager
+    chosen_by = (
+        "nvidia_driver_branch"
+        if request.nvidia_driver_branch
+        else "nvidia_driver_version"
+        if request.nvidia_driver_version
+        else "gpufleet's default"
+    )
+    notes = [
+        f"driver {version} (R{branch}, {chosen_by}), {modules.value} kernel modules ({why})",
+        f"fabric manager: {'yes, for the NVSwitches' if fabric_manager else 'no (no NVSwitch)'}",
+    ]
+    choice = DriverChoice(
+        naming, branch, version, modules, request.nvidia_driver_headless, fabric_manager
+    )
+    return choice, notes, []
 
 
 def _check_os(platform: HostPlatform) -> list[str]:
@@ -465,6 +524,36 @@ def repository_key_fingerprint(repository: CudaRepository | None) -> str:
 
 def repository_key_url(repository_url: str, repository: CudaRepository | None) -> str:
     return repository_url + (repository.key if repository else KEY_3BF863CC).file_name
+
+
+def _check_secure_boot(request: StackRequest, platform: HostPlatform) -> list[str]:
+    """An unsigned DKMS-built module does not load under Secure Boot, and nothing says why."""
+    key, cert = request.module_signing_key, request.module_signing_cert
+    if bool(key) != bool(cert):
+        given, missing = (
+            ("nvidia_module_signing_key", "nvidia_module_signing_cert")
+            if key
+            else ("nvidia_module_signing_cert", "nvidia_module_signing_key")
+        )
+        return [
+            f"{given} is set but {missing} is not: DKMS signs with the key and the certificate "
+            "together; set both"
+        ]
+    if platform.secure_boot and not key:
+        return [
+            "Secure Boot is enabled on this host and the NVIDIA kernel modules are built by "
+            "DKMS: unsigned, the kernel would refuse to load them. Set "
+            "nvidia_module_signing_key and nvidia_module_signing_cert to the paths on the host "
+            "of a Machine Owner Key you enrolled (mokutil --import), which DKMS signs the "
+            "modules with"
+        ]
+    return []
+
+
+def _secure_boot_text(platform: HostPlatform) -> str:
+    if platform.secure_boot is None:
+        return "unknown"
+    return "enabled" if platform.secure_boot else "off"
 
 
 def _check_container_toolkit(request: StackRequest) -> list[str]:

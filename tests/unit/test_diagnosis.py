@@ -24,6 +24,7 @@ from gpufleet.diagnosis.cuda import resolved_libraries
 from gpufleet.diagnosis.hardware import nvidia_gpus_on_pci_bus
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
+FACTS = Path(__file__).parents[1] / "fixtures" / "facts"
 
 PINS = Expectations(
     driver_version="470.182.03",
@@ -161,6 +162,30 @@ def test_driver_broken_by_real_nvidia_smi_errors(message: str, cause: str, fix: 
     [check] = failed_checks(verdict, "driver")
     assert check["evidence"] == error
     assert cause in check["problem"] and fix in check["fix"]
+
+
+def test_a_gpu_the_driver_does_not_support_is_named_from_the_kernel_log() -> None:
+    error = fixture_line("nvidia-smi-errors.txt", "couldn't communicate")
+    evidence = with_nvidia_smi(gpus=[], error=error, driver_version=None)
+    evidence["nvrm_messages"] = [
+        line.strip()
+        for line in (FACTS / "dmesg-nvrm-gpu-not-supported-535.txt").read_text().splitlines()
+        if "NVRM:" in line
+    ]
+    [check] = failed_checks(diagnose(evidence, PINS), "driver")
+    assert check["problem"] == (
+        "driver 535.104.05 does not support the GPU 10de:1b38 at 0000:02:00.0"
+    )
+    assert check["fix"].startswith("pin a driver branch that drives this GPU")
+
+
+def test_no_devices_found_points_at_the_gpus_and_the_branch_not_a_reinstall() -> None:
+    error = (FACTS / "nvidia-smi-no-devices.txt").read_text().strip()
+    [check] = failed_checks(
+        diagnose(with_nvidia_smi(gpus=[], error=error, driver_version=None), PINS), "driver"
+    )
+    assert check["problem"].startswith("the NVIDIA driver initialised no GPU")
+    assert "reinstall" not in check["fix"]
 
 
 @pytest.mark.parametrize(
@@ -416,6 +441,8 @@ def test_parse_smoke_test_output_takes_the_last_line() -> None:
 def test_every_known_failure_is_reachable() -> None:
     # A pattern shadowed by an earlier, broader one would never explain anything.
     samples = [
+        (FACTS / "dmesg-nvrm-gpu-not-supported-535.txt").read_text(),
+        (FACTS / "nvidia-smi-no-devices.txt").read_text(),
         fixture_line("nvidia-smi-errors.txt", "Driver/library version mismatch"),
         fixture_line("nvidia-smi-errors.txt", "couldn't communicate"),
         fixture_line("nvidia-smi-errors.txt", "could not select device driver"),

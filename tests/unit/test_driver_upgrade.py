@@ -89,6 +89,15 @@ def test_modules_listed_by_the_kernel_are_reloaded_instead() -> None:
     assert "module reload needed" in change.summary()
     command = reload_modules_command(["nvidia", "nvidia_uvm"])
     assert "modprobe -r nvidia_uvm nvidia; then modprobe -a nvidia nvidia_uvm" in command
+    assert command.startswith("systemctl stop nvidia-persistenced.service; ")
+    # The fabric manager holds the devices too, and must come back as the new driver's version.
+    with_fabric_manager = reload_modules_command(["nvidia"], fabric_manager=True)
+    assert with_fabric_manager.startswith(
+        "systemctl stop nvidia-persistenced.service nvidia-fabricmanager.service; "
+    )
+    assert with_fabric_manager.endswith(
+        "systemctl start nvidia-persistenced.service nvidia-fabricmanager.service; exit $status"
+    )
 
 
 def test_downgrade_is_a_change_like_an_upgrade() -> None:
@@ -224,7 +233,7 @@ def test_nouveau_host_reboots_only_when_allowed(reboot_allowed: bool, operation:
 
     @deploy("Activate")
     def activate() -> None:
-        activate_driver(version="470.182.03", reboot_allowed=reboot_allowed, host_state=host_state)
+        activate_driver(driver=r470(), reboot_allowed=reboot_allowed, host_state=host_state)
 
     # Planned only: a run would reboot (or stop) the @fake host.
     state = prepare({"gpu-01": (bare_ubuntu_2004(), {})}, activate)

@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -33,6 +34,7 @@ from testbed.rootfs import os_release
 from testbed.standin_repo import (
     CONTAINER_REPO_PATH,
     CUDA_DIRECTORIES,
+    CUDA_DIRECTORY_CONTENTS,
     CUDA_REPO_PATH,
     ArchiveKey,
     PrivateApt,
@@ -40,6 +42,7 @@ from testbed.standin_repo import (
     build_debs,
     build_nvidia_part,
     cuda_key_path,
+    cuda_repo_path,
     external_dependencies,
     index_flat_repo,
     nvidia_standin_packages,
@@ -263,23 +266,25 @@ def nvidia_smi(repo_tree: RepoTree, tmp_path: Path) -> Path:
     return root / "usr/bin/nvidia-smi"
 
 
-def run_smi(
-    smi: Path, tmp_path: Path, config: Mapping[str, object], *arguments: str
+def run_standin(
+    program: Path, tmp_path: Path, config: Mapping[str, object], *arguments: str
 ) -> subprocess.CompletedProcess[str]:
+    """Run a stand-in program on the bus ``config`` with its state under ``tmp_path``."""
     config_path = tmp_path / "gpus.json"
     config_path.write_text(json.dumps(config))
     env = {
         **os.environ,
         "NVIDIA_STANDIN_CONFIG": str(config_path),
         "NVIDIA_STANDIN_STATE_DIR": str(tmp_path / "state"),
+        "NVIDIA_STANDIN_RUN_DIR": str(tmp_path / "run"),
     }
     return subprocess.run(
-        [str(smi), *arguments], env=env, capture_output=True, text=True, check=False
+        [str(program), *arguments], env=env, capture_output=True, text=True, check=False
     )
 
 
 def test_nvidia_smi_table_matches_the_real_470_layout(nvidia_smi: Path, tmp_path: Path) -> None:
-    lines = run_smi(nvidia_smi, tmp_path, {"mode": "ok"}).stdout.splitlines()
+    lines = run_standin(nvidia_smi, tmp_path, {"mode": "ok"}).stdout.splitlines()
     assert lines[2] == REAL_470_HEADER
     assert lines[8:10] == list(REAL_T4_ROWS)
     assert {len(line) for line in lines[1:]} == {79}
@@ -290,7 +295,7 @@ def test_nvidia_smi_xml_has_the_real_elements(nvidia_smi: Path, tmp_path: Path) 
         "mode": "ok",
         "processes": [{"gpu": 0, "pid": 4242, "process_name": "python3", "used_memory_mib": 300}],
     }
-    log = ET.fromstring(run_smi(nvidia_smi, tmp_path, config, "-q", "-x").stdout)
+    log = ET.fromstring(run_standin(nvidia_smi, tmp_path, config, "-q", "-x").stdout)
     assert [path for path in REAL_XML_PATHS if log.find(path) is None] == []
     assert log.findtext("driver_version") == "470.182.03"
     assert log.findtext("cuda_version") == "11.4"
@@ -304,12 +309,14 @@ def test_nvidia_smi_csv_queries(nvidia_smi: Path, tmp_path: Path) -> None:
         "processes": [{"gpu": 0, "pid": 4242, "process_name": "python3", "used_memory_mib": 300}],
     }
     fields = "--query-gpu=index,name,uuid,driver_version,memory.total,mig.mode.current"
-    header, row = run_smi(nvidia_smi, tmp_path, config, fields, "--format=csv").stdout.splitlines()
+    header, row = run_standin(
+        nvidia_smi, tmp_path, config, fields, "--format=csv"
+    ).stdout.splitlines()
     assert header == REAL_QUERY_HEADER
     assert re.fullmatch(r"0, Tesla T4, GPU-[0-9a-f-]{36}, 470\.182\.03, 15109 MiB, \[N/A\]", row)
-    bare = run_smi(nvidia_smi, tmp_path, config, fields, "--format=csv,noheader,nounits")
+    bare = run_standin(nvidia_smi, tmp_path, config, fields, "--format=csv,noheader,nounits")
     assert bare.stdout.split(", ")[4] == "15109"
-    apps = run_smi(
+    apps = run_standin(
         nvidia_smi,
         tmp_path,
         config,
@@ -318,12 +325,12 @@ def test_nvidia_smi_csv_queries(nvidia_smi: Path, tmp_path: Path) -> None:
     )
     assert apps.stdout.splitlines()[0] == "pid, process_name, used_gpu_memory [MiB], gpu_uuid"
     assert apps.stdout.splitlines()[1].startswith("4242, python3, 300 MiB, GPU-")
-    listing = run_smi(nvidia_smi, tmp_path, config, "-L").stdout
+    listing = run_standin(nvidia_smi, tmp_path, config, "-L").stdout
     assert re.fullmatch(r"GPU 0: Tesla T4 \(UUID: GPU-[0-9a-f-]{36}\)\n", listing)
 
 
 def test_nvidia_smi_driver_states(nvidia_smi: Path, tmp_path: Path) -> None:
-    no_driver = run_smi(nvidia_smi, tmp_path, {"mode": "no-driver"})
+    no_driver = run_standin(nvidia_smi, tmp_path, {"mode": "no-driver"})
     assert (no_driver.returncode, no_driver.stdout.split(" because")[0]) == (
         9,
         "NVIDIA-SMI has failed",
@@ -331,20 +338,20 @@ def test_nvidia_smi_driver_states(nvidia_smi: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / "module-version").write_text("470.141.03\n")
-    stale = run_smi(nvidia_smi, tmp_path, {})
+    stale = run_standin(nvidia_smi, tmp_path, {})
     assert stale.returncode == 18
     assert stale.stdout == "Failed to initialize NVML: Driver/library version mismatch\n"
     (state / "module-version").write_text("470.182.03\n")
-    assert run_smi(nvidia_smi, tmp_path, {}).returncode == 0
+    assert run_standin(nvidia_smi, tmp_path, {}).returncode == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: nvidia-smi -pm refuses other users")
 def test_nvidia_smi_persistence_mode(nvidia_smi: Path, tmp_path: Path) -> None:
-    enabled = run_smi(nvidia_smi, tmp_path, {"mode": "ok"}, "-pm", "1")
+    enabled = run_standin(nvidia_smi, tmp_path, {"mode": "ok"}, "-pm", "1")
     assert enabled.stdout == (
         "Enabled Legacy persistence mode for GPU 00000000:00:1E.0.\nAll done.\n"
     )
-    query = run_smi(
+    query = run_standin(
         nvidia_smi,
         tmp_path,
         {"mode": "ok"},
@@ -352,6 +359,124 @@ def test_nvidia_smi_persistence_mode(nvidia_smi: Path, tmp_path: Path) -> None:
         "--format=csv,noheader",
     )
     assert query.stdout == "Enabled\n"
+
+
+# The real Fabric Manager's console lines (NVIDIA/gpu-operator#544, #610; NVIDIA/nvtrust#128).
+REAL_FM_MISMATCH = (
+    "fabric manager NVIDIA GPU driver interface version 470.182.03 don't match with driver "
+    "version 470.141.03. Please update with matching NVIDIA driver package."
+)
+REAL_FM_NO_NVSWITCH = (
+    "request to query NVSwitch device information from NVSwitch driver failed with "
+    "error:WARNING Nothing to do [NV_WARN_NOTHING_TO_DO]"
+)
+REAL_FM_STARTED = [
+    "Connected to 1 node.",
+    "Successfully configured all the available NVSwitches to route GPU NVLink traffic. NVLink "
+    "Peer-to-Peer support will be enabled once the GPUs are successfully registered with the "
+    "NVLink fabric.",
+]
+HGX_BUS = {
+    "gpus": [{"name": "NVIDIA A100-SXM4-80GB", "bus_id": "00000000:07:00.0"}],
+    "nvswitches": [{"bus_id": "00000000:C4:00.0", "pci_device_id": "1af1"}],
+}
+
+
+def test_fabricmanager_exists_for_every_driver_release_at_its_version(
+    repo_tree: RepoTree, apt: PrivateApt
+) -> None:
+    for directory in CUDA_DIRECTORIES:
+        repo = repo_tree.root / cuda_repo_path(directory)
+        for release in CUDA_DIRECTORY_CONTENTS[directory].drivers:
+            # NVIDIA dropped the branch from the name with R580.
+            name = (
+                "nvidia-fabricmanager"
+                if int(release.branch) >= 580
+                else f"nvidia-fabricmanager-{release.branch}"
+            )
+            deb = repo / f"{name}_{release.upstream}-1_amd64.deb"
+            fields = subprocess.run(
+                ["dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+            assert fields == [
+                f"Package: {name}",
+                f"Version: {release.upstream}-1",
+                "Architecture: amd64",
+            ]
+    # It depends on libc6 only: installing it pulls no driver package in.
+    pinned = apt.simulate_install("nvidia-fabricmanager-470=470.182.03-1")
+    assert pinned["nvidia-fabricmanager-470"] == "470.182.03-1"
+    assert [name for name in pinned if "nvidia" in name] == ["nvidia-fabricmanager-470"]
+
+
+@pytest.fixture
+def fabricmanager(repo_tree: RepoTree, tmp_path: Path) -> Path:
+    return unpack(
+        repo_tree,
+        CUDA_REPO_PATH,
+        "nvidia-fabricmanager-470_470.182.03-1_amd64.deb",
+        tmp_path / "root",
+    )
+
+
+def run_fabricmanager(
+    root: Path, tmp_path: Path, config: Mapping[str, object], loaded_module: str
+) -> subprocess.CompletedProcess[str]:
+    """Start nv-fabricmanager as its unit does, with its config's log file under ``tmp_path``."""
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "module-version").write_text(f"{loaded_module}\n")
+    fm_config = tmp_path / "fabricmanager.cfg"
+    shipped = (root / "usr/share/nvidia/nvswitch/fabricmanager.cfg").read_text()
+    fm_config.write_text(
+        shipped.replace("/var/log/fabricmanager.log", str(tmp_path / "fabricmanager.log"))
+    )
+    return run_standin(root / "usr/bin/nv-fabricmanager", tmp_path, config, "-c", str(fm_config))
+
+
+def test_fabricmanager_ships_the_binary_and_the_forking_unit(fabricmanager: Path) -> None:
+    assert os.access(fabricmanager / "usr/bin/nv-fabricmanager", os.X_OK)
+    unit = (fabricmanager / "lib/systemd/system/nvidia-fabricmanager.service").read_text()
+    assert "\nType=forking\n" in unit
+    assert (
+        "\nExecStart=/usr/bin/nv-fabricmanager -c /usr/share/nvidia/nvswitch/fabricmanager.cfg\n"
+        in unit
+    )
+    assert "\nPIDFile=/var/run/nvidia-fabricmanager/nv-fabricmanager.pid\n" in unit
+    config = (fabricmanager / "usr/share/nvidia/nvswitch/fabricmanager.cfg").read_text()
+    assert "\nLOG_FILE_NAME=/var/log/fabricmanager.log\n" in config
+
+
+def test_fabricmanager_refuses_another_drivers_module(fabricmanager: Path, tmp_path: Path) -> None:
+    result = run_fabricmanager(fabricmanager, tmp_path, HGX_BUS, "470.141.03")
+    assert (result.returncode, result.stdout) == (1, REAL_FM_MISMATCH + "\n")
+    log = (tmp_path / "fabricmanager.log").read_text()
+    assert re.fullmatch(rf"\[.+\] \[ERROR\] \[tid \d+\] {re.escape(REAL_FM_MISMATCH)}\n", log)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fabricmanager_without_nvswitch_has_nothing_to_do(
+    fabricmanager: Path, tmp_path: Path
+) -> None:
+    result = run_fabricmanager(fabricmanager, tmp_path, {"gpus": HGX_BUS["gpus"]}, "470.182.03")
+    assert (result.returncode, result.stdout) == (1, REAL_FM_NO_NVSWITCH + "\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fabricmanager_forks_and_logs_success(fabricmanager: Path, tmp_path: Path) -> None:
+    result = run_fabricmanager(fabricmanager, tmp_path, HGX_BUS, "470.182.03")
+    pid = int((tmp_path / "run/nv-fabricmanager.pid").read_text())
+    try:
+        assert result.returncode == 0
+        assert result.stdout.splitlines() == REAL_FM_STARTED
+        assert os.path.exists(f"/proc/{pid}")
+        log = (tmp_path / "fabricmanager.log").read_text().splitlines()
+        assert [line.split(f"] [tid {pid}] ", 1)[1] for line in log] == REAL_FM_STARTED
+        assert all("] [INFO] [tid" in line for line in log)
+    finally:
+        os.kill(pid, signal.SIGTERM)
 
 
 def test_nvcc_prints_the_real_11_2_banner(repo_tree: RepoTree, tmp_path: Path) -> None:

@@ -210,6 +210,7 @@ def run_sh(script: str) -> list[str]:
 def test_command_run_merges_stderr_keeps_the_exit_status_and_feeds_stdin() -> None:
     command = "cat; echo complaint >&2; exit 3"
     run = parse_command_run(run_sh(command_run_script(command, stdin="one\n'two' $HOME")))
+    assert run is not None and run.pop("seconds") is not None
     assert run == {"command": command, "exit_status": 3, "output": "one\n'two' $HOME\ncomplaint"}
     with pytest.raises(ValueError, match=HEREDOC_DELIMITER):
         command_run_script("cat", stdin=f"x\n{HEREDOC_DELIMITER}\ny")
@@ -237,7 +238,14 @@ def test_result_file_feeds_the_fleet_report(tmp_path: Path) -> None:
     path = result_path(str(tmp_path / "results"), "root@10.0.0.7")
     assert path.name == "root@10.0.0.7.json"
     write_result(
-        path, result_document("root@10.0.0.7", gathered, evidence, diagnose(evidence, PINS))
+        path,
+        result_document(
+            "root@10.0.0.7",
+            gathered,
+            evidence,
+            diagnose(evidence, PINS),
+            "tensorflow/tensorflow:2.9.0-gpu",
+        ),
     )
     (row,) = load_rows(path.parent, PINS)
     assert row.state == "ok" and row.drift == frozenset()

@@ -1,0 +1,117 @@
+"""
+GPU-aware planning end to end. Test hosts present stand-in GPUs on their PCI bus (a stand-in
+lspci and nvidia-smi, testbed/standin_gpus.py): an HGX A100 board converges with the open kernel
+modules and the fabric manager at the driver's exact version, held and running, with the
+JIT-only warning for TensorFlow 2.9 in its plan, and the rollout's driver change moves the
+fabric manager with the driver; an H100 host pinned to R470 is refused for the branch and for
+TensorFlow 2.9 and left byte-for-byte as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from testbed.fleet import FleetFactory
+from testbed.images import build_image_tarball, import_image
+from testbed.repos import RepoTree
+from testbed.runs import repo_data, run_deploy
+from testbed.standin_gpus import A100_NVSWITCH, A100_SXM4_80GB, H100_80GB_HBM3, present_gpus
+from tests.e2e.test_driver_upgrade import running_driver
+from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
+
+pytestmark = pytest.mark.e2e
+
+# Ubuntu 20.04's default driver (R535, the newest branch gpufleet pins that NVIDIA's ubuntu2004
+# repository carries), and the R550 release of that repository the rollout moves to.
+R535, R550 = "535.183.01", "550.144.03"
+FABRIC_MANAGER_LOG = "/var/log/fabricmanager.log"
+
+
+def test_hgx_a100_gets_open_modules_and_the_fabric_manager_and_h100_on_r470_is_refused(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, cache_dir: Path, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=2, os_release="ubuntu20.04")
+    hgx, h100 = fleet.hosts
+    present_gpus(fleet, hgx, [A100_SXM4_80GB] * 8, [A100_NVSWITCH] * 6)
+    present_gpus(fleet, h100, [H100_80GB_HBM3] * 2)
+    h100_before = ssh_ok(fleet, h100, SNAPSHOT)
+    data = {**repo_data(repo_tree, "ubuntu20.04"), "gpu_verify": False}
+    inventory = fleet.write_inventory(
+        tmp_path / "gpus.py", data, host_data={h100.name: {"nvidia_driver_branch": "470"}}
+    )
+
+    first = run_deploy(fleet, inventory)
+    output = first.output
+    assert first.returncode != 0, output[-6000:]
+    assert (
+        "nvidia_driver_branch = '470': R470 cannot drive the NVIDIA H100 80GB HBM3 (Hopper, "
+        "compute 9.0) at 0000:07:00.0, 0000:0f:00.0 (driven by R520 to current branches); set "
+        "nvidia_driver_branch to one that drives every GPU here: 535"
+    ) in output
+    assert (
+        "TensorFlow 2.9 with cuDNN 8.1 does not support the NVIDIA H100 80GB HBM3 (Hopper, "
+        "compute 9.0) (cuDNN 8.1 stops at Ampere)"
+    ) in output
+    assert ssh_ok(fleet, h100, SNAPSHOT) == h100_before
+
+    # The HGX host's plan, as the operator reads it.
+    assert (
+        "GPUs: 8x NVIDIA A100-SXM4-80GB (Ampere, compute 8.0) at 0000:07:00.0, 0000:0f:00.0, "
+        "0000:47:00.0, 0000:4e:00.0, 0000:87:00.0, 0000:90:00.0, 0000:b7:00.0, 0000:bd:00.0; "
+        "6 NVSwitches: fabric manager needed"
+    ) in output
+    assert "open kernel modules (data center GPUs, production-ready from R515)" in output
+    assert "so on the NVIDIA A100-SXM4-80GB (Ampere, compute 8.0) its kernels are JIT-compiled" in (
+        output
+    )
+    assert first.failed().get(hgx.address) is None
+    versions = ssh_ok(
+        fleet,
+        hgx,
+        "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' "
+        "'nvidia-dkms-*' 'nvidia-fabricmanager*'",
+    )
+    # Installed ("i") and held ("h"): the proprietary flavour is not.
+    installed = [line.rstrip() for line in versions.splitlines() if not line.endswith("un ")]
+    assert installed == [
+        f"nvidia-dkms-535-open {R535}-0ubuntu1 hi",
+        f"nvidia-fabricmanager-535 {R535}-1 hi",
+    ]
+    assert ssh_ok(fleet, hgx, "systemctl is-active nvidia-fabricmanager").strip() == "active"
+    assert ssh_ok(fleet, hgx, "systemctl is-enabled nvidia-fabricmanager").strip() == "enabled"
+    assert "Successfully configured all the available NVSwitches" in ssh_ok(
+        fleet, hgx, f"cat {FABRIC_MANAGER_LOG}"
+    )
+
+    hgx_only = fleet.write_inventory(tmp_path / "hgx.py", data)
+    second = run_deploy(fleet, hgx_only, "--limit", hgx.address)
+    assert_converged(second)
+    assert second.changed() == {}
+
+    # The rollout to R550 takes the fabric manager along: R535's is replaced by R550's.
+    tarball = build_image_tarball("debian12", cache_dir, ["python3"])
+    import_image(fleet, hgx, tarball, TEST_IMAGE)
+    upgrade = fleet.write_inventory(
+        tmp_path / "upgrade.py",
+        {
+            **data,
+            "nvidia_driver_version": R550,
+            "gpu_reboot_allowed": True,
+            "tensorflow_image": TEST_IMAGE,
+            "gpu_results_dir": str(tmp_path / "results"),
+        },
+    )
+    # The deploy the rollout runs on each host of a batch.
+    rolled = run_deploy(fleet, upgrade, "--limit", hgx.address, deploy="deploys/driver_upgrade.py")
+    assert_converged(rolled)
+    versions = ssh_ok(
+        fleet,
+        hgx,
+        "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' 'nvidia-fabricmanager*'",
+    )
+    installed = [line.rstrip() for line in versions.splitlines() if not line.endswith("un ")]
+    assert installed == [f"nvidia-fabricmanager-550 {R550}-1 hi"]
+    assert running_driver(fleet, hgx).splitlines()[0] == R550
+    assert ssh_ok(fleet, hgx, "systemctl is-active nvidia-fabricmanager").strip() == "active"
