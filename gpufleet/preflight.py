@@ -90,13 +90,23 @@ def settings_or_refusal(data: InventoryData) -> GpuSettings | None:
 
 def repository_pins(
     settings: GpuSettings, plan: compat.StackPlan, repositories: tuple[str, ...]
-) -> dict[str, dict[str, dict[str, str | None]]]:
-    """Per repository URL, what its packages are pinned to, as "data_key = value": packages."""
-    cuda: dict[str, dict[str, str | None]] = {
+) -> dict[str | None, dict[str, dict[str, str | None]]]:
+    """Per repository URL (None: the host's OS archive), what its packages are pinned to, as
+    "data_key = value": packages."""
+    driver = {
         f"nvidia_driver_version = {plan.driver.version!r}": catalog.driver_packages(plan.driver)
     }
+    signed = catalog.signed_module_packages(plan.driver)
+    if signed:
+        flavour = f"nvidia_kernel_flavour = {plan.driver.kernel_flavour!r}"
+        os_archive = {**driver, flavour: signed}
+        pins: dict[str | None, dict[str, dict[str, str | None]]] = {None: os_archive}
+        cuda: dict[str, dict[str, str | None]] = {}
+    else:
+        pins, cuda = {}, driver
+    pins[plan.repository_url] = cuda
     if CONTAINER_REPO_NAME not in repositories:
-        return {plan.repository_url: cuda}
+        return pins
     if plan.methods.cuda is CudaInstallMethod.APT:
         cuda[f"cuda_package_version = {settings.cuda_package_version!r}"] = (
             catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version)
@@ -106,12 +116,12 @@ def repository_pins(
             settings.cudnn_version, settings.cuda_version
         )
     version = settings.nvidia_container_toolkit_version
-    container = {
+    pins[settings.nvidia_container_repo_url] = {
         f"nvidia_container_toolkit_version = {version!r}": (
             catalog.container_toolkit_packages(version)
         )
     }
-    return {plan.repository_url: cuda, settings.nvidia_container_repo_url: container}
+    return pins
 
 
 def plan_or_refusal(
@@ -129,6 +139,7 @@ def plan_or_refusal(
         host_state["os_release"],
         PciBus.from_devices(host_state["pci_devices"]),
         SECURE_BOOT_ON.get(host_state["secure_boot"]),
+        host_state["kernel_release"],
     )
     installed = {
         name: state["version"]
@@ -203,16 +214,25 @@ def offered_packages(settings: GpuSettings) -> list[str]:
         if branch
         else {compat.default_driver_branch(r) for r in compat.CUDA_REPOSITORIES.values()}
     )
-    names = {
-        name
+    sources = {catalog.DriverSource.NVIDIA, settings.nvidia_driver_source}
+    flavours = (
+        [settings.nvidia_kernel_flavour]
+        if settings.nvidia_kernel_flavour
+        else catalog.UBUNTU_KERNEL_FLAVOURS
+    )
+    choices = [
+        catalog.DriverChoice(naming, candidate, "0", modules, False, True, source, flavour)
         for candidate in branches
         for naming in DriverNaming
         for modules in catalog.KernelModules
-        for name in catalog.driver_packages(
-            catalog.DriverChoice(
-                naming, candidate, "0", modules, headless=False, fabric_manager=True
-            )
-        )
+        for source in sources
+        for flavour in flavours
+    ]
+    names = {
+        name
+        for choice in choices
+        for packages in (catalog.driver_packages(choice), catalog.signed_module_packages(choice))
+        for name in packages
     }
     names |= set(catalog.cuda_toolkit_packages(settings.cuda_version, "0"))
     names |= set(catalog.CUDNN_PACKAGES)

@@ -82,6 +82,8 @@ _IMAGE_REFERENCE = re.compile(
 _NO_CONTROL_CHARACTERS = re.compile(r"[^\x00-\x1f\x7f]*")
 # An absolute path of plain characters, safe in a shell-sourced file without quoting issues.
 _HOST_PATH = re.compile(r"/[A-Za-z0-9._+/-]+")
+# What follows a kernel's ABI in its release and in Canonical's module packages' names.
+_KERNEL_FLAVOUR = re.compile(r"[a-z][a-z0-9.-]*")
 
 
 def _redacted(value: Any) -> Any:
@@ -303,6 +305,16 @@ class GpuSettings(BaseModel):
     ] = Field(default=None, examples=["open"])
     # The compute part of the driver only (no X server, no graphics libraries); false: all of it.
     nvidia_driver_headless: Flag = True
+    # nvidia: NVIDIA's CUDA repository (modules built by DKMS); ubuntu: Ubuntu's archive, with
+    # Canonical's signed precompiled modules (Ubuntu hosts; Secure Boot without a MOK).
+    nvidia_driver_source: Annotated[catalog.DriverSource, _choice(catalog.DriverSource)] = (
+        catalog.DriverSource.NVIDIA
+    )
+    # Ubuntu's archive: the kernel flavour of its signed modules (None: the running kernel's).
+    nvidia_kernel_flavour: Annotated[
+        str | None,
+        _shaped(_KERNEL_FLAVOUR, "is not a kernel flavour; use e.g. 'generic' or 'aws'"),
+    ] = Field(default=None, examples=["generic"])
     # Secure Boot hosts: the enrolled Machine Owner Key DKMS signs the NVIDIA modules with
     # (paths on the host; DKMS's framework configuration is shell, hence the strict shape).
     nvidia_module_signing_key: Annotated[
@@ -464,6 +476,8 @@ class GpuSettings(BaseModel):
             cuda_install_method=self.cuda_install_method,
             cudnn_install_method=self.cudnn_install_method,
             allow_unsupported_framework=self.gpu_allow_unsupported_framework,
+            nvidia_driver_source=self.nvidia_driver_source,
+            nvidia_kernel_flavour=self.nvidia_kernel_flavour,
             module_signing_key=self.nvidia_module_signing_key,
             module_signing_cert=self.nvidia_module_signing_cert,
         )

@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -43,8 +44,30 @@ OS_KEYRING_ON_HOST = "/usr/share/keyrings/gpufleet-test-archive.asc"
 # Package-Blacklist gpufleet writes.
 EXTRA_PACKAGES = ("docker.io", "dkms", "python3-venv", "unattended-upgrades")
 
+# Ubuntu's own driver (restricted), which one test installs for real (tests/e2e/
+# test_gpu_planning.py): Canonical's R535-server build, headless, with the open modules it
+# built and signed for the generic kernels, which bring that kernel's image along.
+UBUNTU_ARCHIVE_DRIVER: dict[str, tuple[str, ...]] = {
+    "ubuntu20.04": (
+        "nvidia-headless-no-dkms-535-server-open",
+        "nvidia-kernel-source-535-server-open",
+        "nvidia-kernel-common-535-server",
+        "nvidia-compute-utils-535-server",
+        "nvidia-utils-535-server",
+        "libnvidia-cfg1-535-server",
+        "libnvidia-common-535-server",
+        "libnvidia-compute-535-server",
+        "libnvidia-decode-535-server",
+        "libnvidia-encode-535-server",
+        "libnvidia-extra-535-server",
+        "linux-modules-nvidia-535-server-open-generic",
+    ),
+}
+RESTRICTED = "restricted"
+
 # Kernel images and headers are not mirrored: the hosts share the machine's kernel and get the
-# stand-in headers package instead (so dkms's Recommends on linux-headers-* stay unmet).
+# stand-in headers package instead (so dkms's Recommends on linux-headers-* stay unmet). Only
+# UBUNTU_ARCHIVE_DRIVER's modules bring a kernel image, which the hosts install but never boot.
 NO_KERNEL_PACKAGES = """\
 Package: linux-image-* linux-headers-*
 Pin: release *
@@ -108,6 +131,9 @@ def build_os_part(
     base.mkdir(parents=True)
     keyring = base / ("archive-keys.asc" if release.vendor == "ubuntu" else "archive-keys.gpg")
     keyring.write_bytes(archive_keyring(release))
+    driver = UBUNTU_ARCHIVE_DRIVER.get(release.name, ())
+    if driver:
+        upstream = [replace(s, components=(*s.components, RESTRICTED)) for s in upstream]
     apt = PrivateApt(
         base,
         [source.line(str(keyring)) for source in upstream],
@@ -119,6 +145,11 @@ def build_os_part(
         seeds = seed_packages(release)
         wanted = apt.download_uris(*seeds)
         apt.run("install", "--download-only", "--yes", "--quiet", *seeds)
+        if driver:
+            # As gpufleet installs it, and with the kernel image its modules depend on.
+            options = ("--no-install-recommends", "-o", "Dir::Etc::preferences=/dev/null")
+            wanted |= apt.download_uris(*options, *driver)
+            apt.run("install", "--download-only", "--yes", "--quiet", *options, *driver)
     finally:
         shutil.rmtree(base)
     repo = part / mirror_path(release)

@@ -89,7 +89,7 @@ def plan_driver_change(
     current = installed_driver_version(host_state["packages"])
     target = driver.version
     kernel, smi = host_state["nvidia_kernel"], host_state["nvidia_smi"]
-    module_reason = module_change_reason(kernel, smi, target)
+    module_reason = module_change_reason(kernel, smi, driver, host_state["kernel_release"])
     if current in (None, target) and module_reason is None:
         return None
 

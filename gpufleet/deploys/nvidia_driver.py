@@ -125,9 +125,21 @@ def loaded_module_version(kernel: NvidiaKernelInfo, smi: NvidiaSmiInfo | None) -
 
 
 def module_change_reason(
-    kernel: NvidiaKernelInfo, smi: NvidiaSmiInfo | None, driver_version: str
+    kernel: NvidiaKernelInfo,
+    smi: NvidiaSmiInfo | None,
+    driver: catalog.DriverChoice,
+    kernel_release: str | None,
 ) -> str | None:
     """Why the running kernel does not have the pinned driver's module, None when it does."""
+    driver_version = driver.version
+    running_flavour = catalog.kernel_flavour(kernel_release or "")
+    if catalog.signed_module_packages(driver) and running_flavour != driver.kernel_flavour:
+        # Canonical's modules exist for the flavour's kernels only: a golden image built in a
+        # container, or a host on another kernel, loads them once it boots one.
+        return (
+            f"Canonical's signed modules are for the {driver.kernel_flavour} kernels and the "
+            f"running kernel {kernel_release} is not one: boot a {driver.kernel_flavour} kernel"
+        )
     if kernel["nouveau_loaded"]:
         return "the nouveau module is loaded; the NVIDIA driver can only load after a reboot"
     if smi is not None and VERSION_MISMATCH in (smi["error"] or ""):
@@ -234,7 +246,9 @@ def activate_driver(
     kernel = host_state["nvidia_kernel"]
     # The loaded module only changes at a reload or a reboot, so this need does not depend on
     # whether this run changed anything: an earlier run may have installed and stopped.
-    reason = module_change_reason(kernel, host_state["nvidia_smi"], driver.version)
+    reason = module_change_reason(
+        kernel, host_state["nvidia_smi"], driver, host_state["kernel_release"]
+    )
     if reason is None:
         return
     if can_reload_modules(kernel):
@@ -267,14 +281,17 @@ def nvidia_driver(
     + module_signing: the Machine Owner Key's private key and certificate paths on the host,
       for DKMS to sign the modules with (Secure Boot hosts)
     """
-    # None only when `uname -r` fails, which a host that got this far does not.
-    kernel_release = str(host_state["kernel_release"])
-    apt.pinned_packages(
-        name=f"Kernel headers for the running kernel ({kernel_release})",
-        packages={catalog.kernel_headers_package(kernel_release): None},
-        lock_timeout=lock_timeout,
-        hold=False,
-    )
+    signed_modules = catalog.signed_module_packages(driver)
+    if not signed_modules:
+        # DKMS builds the modules against them. None only when `uname -r` fails, which a host
+        # that got this far does not.
+        kernel_release = str(host_state["kernel_release"])
+        apt.pinned_packages(
+            name=f"Kernel headers for the running kernel ({kernel_release})",
+            packages={catalog.kernel_headers_package(kernel_release): None},
+            lock_timeout=lock_timeout,
+            hold=False,
+        )
     files.contents(
         name="unattended-upgrades leaves the NVIDIA stack alone",
         files={UNATTENDED_UPGRADES_PATH: UNATTENDED_UPGRADES_BLACKLIST},
@@ -315,6 +332,13 @@ def nvidia_driver(
         packages=catalog.driver_packages(driver),
         lock_timeout=lock_timeout,
     )
+    if signed_modules:
+        apt.pinned_packages(
+            name=f"Canonical's signed NVIDIA modules for the {driver.kernel_flavour} kernels",
+            packages=signed_modules,
+            lock_timeout=lock_timeout,
+            hold=False,
+        )
     persistenced = files.contents(
         name="nvidia-persistenced in persistence mode",
         files={PERSISTENCED_DROPIN_PATH: PERSISTENCED_DROPIN},
@@ -325,15 +349,16 @@ def nvidia_driver(
         target=PERSISTENCED_UNIT,
     )
     daemon_reload(name="Reload systemd units", _if=any_changed(persistenced, boot_link))
+    # The daemons open the devices, so they start once the pinned module is the kernel's.
+    activate_driver(driver=driver, reboot_allowed=reboot_allowed, host_state=host_state)
     systemd.service(name="nvidia-persistenced running", unit=PERSISTENCED_SERVICE, running=True)
     systemd.runs_with(
         name="nvidia-persistenced runs in persistence mode",
         unit=PERSISTENCED_SERVICE,
         argument=PERSISTENCE_MODE,
     )
-    activate_driver(driver=driver, reboot_allowed=reboot_allowed, host_state=host_state)
     if driver.fabric_manager:
-        # After the module: the fabric manager refuses to start beside another driver version.
+        # The fabric manager refuses to start beside another driver version.
         systemd.service(
             name="nvidia-fabricmanager running, started at boot",
             unit=catalog.FABRIC_MANAGER_SERVICE,

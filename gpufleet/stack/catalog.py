@@ -23,6 +23,14 @@ class KernelModules(str, Enum):
     PROPRIETARY = "proprietary"
 
 
+class DriverSource(str, Enum):
+    # NVIDIA's CUDA repository: its driver packages, modules built by DKMS on the host.
+    NVIDIA = "nvidia"
+    # Ubuntu's own archive: Canonical's -server builds, with modules Canonical built and signed
+    # for each of its kernels (linux-restricted-modules), which load under Secure Boot.
+    UBUNTU = "ubuntu"
+
+
 @dataclass(frozen=True)
 class DriverChoice:
     """The driver a host gets: which packages, of which branch, at which exact version."""
@@ -35,6 +43,9 @@ class DriverChoice:
     headless: bool
     # NVSwitch systems: the fabric manager, at the driver's exact version.
     fabric_manager: bool = False
+    source: DriverSource = DriverSource.NVIDIA
+    # Ubuntu's archive: the kernel flavour whose signed modules come along ("generic", "aws").
+    kernel_flavour: str = ""
 
 
 # A driver branch's packages as NVIDIA's Ubuntu repositories name them (Canonical's packaging):
@@ -136,13 +147,70 @@ def _debian_driver_names(choice: DriverChoice) -> list[str]:
     return names
 
 
+# Canonical's builds in Ubuntu's archive carry the same names with "-server" after the branch;
+# without DKMS, nvidia-headless-no-dkms takes nvidia-headless's place and the kernel modules come
+# precompiled and signed per kernel flavour: linux-modules-nvidia-535-server-open-generic
+# depends on the newest generic kernel's linux-modules-nvidia-535-server-open-<abi>-generic.
+UBUNTU_ARCHIVE_BRANCH = "{branch}-server"
+UBUNTU_ARCHIVE_HEADLESS_PACKAGES = (
+    "nvidia-headless-no-dkms-{branch}{open}",
+    "nvidia-kernel-source-{branch}{open}",
+    *(name for name in UBUNTU_HEADLESS_PACKAGES if not name.startswith("nvidia-headless")),
+)
+UBUNTU_SIGNED_MODULES = "linux-modules-nvidia-{branch}{open}-{flavour}"
+# The flavours whose signed modules the host read asks apt about when the running kernel's
+# decides (its release is read in the same round trip): Ubuntu's general and cloud kernels.
+UBUNTU_KERNEL_FLAVOURS = ["generic", "lowlatency", "aws", "azure", "gcp", "oracle", "nvidia"]
+
+
+# A kernel release's flavour: 5.15.0-126-generic -> generic, 6.8.0-1015-aws -> aws.
+_KERNEL_FLAVOUR = re.compile(r"\d+\.\d+\.\d+-\d+-([a-z][a-z0-9.-]*)")
+
+
+def kernel_flavour(kernel_release: str) -> str | None:
+    """The flavour an Ubuntu kernel's release names (None: it names none)."""
+    match = _KERNEL_FLAVOUR.fullmatch(kernel_release)
+    return match[1] if match else None
+
+
+def _ubuntu_archive_driver_names(choice: DriverChoice) -> list[str]:
+    names = [*UBUNTU_ARCHIVE_HEADLESS_PACKAGES]
+    if not choice.headless:
+        names += UBUNTU_FULL_PACKAGES
+        if int(choice.branch) <= LAST_BRANCH_WITH_IFR:
+            names += UBUNTU_IFR_PACKAGES
+    return [
+        name.format(branch=UBUNTU_ARCHIVE_BRANCH.format(branch=choice.branch), open=_open(choice))
+        for name in names
+    ]
+
+
+def _open(choice: DriverChoice) -> str:
+    return "-open" if choice.kernel_modules is KernelModules.OPEN else ""
+
+
+def signed_module_packages(choice: DriverChoice) -> dict[str, str | None]:
+    """
+    Canonical's signed modules for the choice's kernel flavour (Ubuntu's archive only), at any
+    version: it is the kernel's, and the package follows each new kernel, so it is not held.
+    """
+    if choice.source is not DriverSource.UBUNTU:
+        return {}
+    branch = UBUNTU_ARCHIVE_BRANCH.format(branch=choice.branch)
+    name = UBUNTU_SIGNED_MODULES.format(
+        branch=branch, open=_open(choice), flavour=choice.kernel_flavour
+    )
+    return {name: None}
+
+
 def driver_packages(choice: DriverChoice) -> dict[str, str | None]:
     """Every package of the chosen driver, pinned to one upstream version (any revision)."""
-    names = (
-        _ubuntu_driver_names(choice)
-        if choice.naming is DriverNaming.UBUNTU
-        else _debian_driver_names(choice)
-    )
+    if choice.source is DriverSource.UBUNTU:
+        names = _ubuntu_archive_driver_names(choice)
+    elif choice.naming is DriverNaming.UBUNTU:
+        names = _ubuntu_driver_names(choice)
+    else:
+        names = _debian_driver_names(choice)
     if choice.fabric_manager:
         names.append(fabric_manager_package(choice.branch))
     return {name: any_revision(choice.version) for name in sorted(names)}
@@ -204,7 +272,7 @@ def driver_family_branch(package: str) -> str | None:
 
 
 # The driver's compute library, in every choice of packages: its version is the driver's.
-DRIVER_LIBRARY = re.compile(r"libnvidia-compute-\d+|libcuda1")
+DRIVER_LIBRARY = re.compile(r"libnvidia-compute-\d+(?:-server)?|libcuda1")
 
 
 # Shipped beside every release without the branch in their names: their pins move them, and
@@ -228,7 +296,26 @@ def replaced_driver_packages(installed: list[str], choice: DriverChoice) -> list
     packages ship the same files, so these go before the new ones come.
     """
     wanted = driver_packages(choice)
-    return sorted(name for name in installed if is_driver_package(name) and name not in wanted)
+    return sorted(
+        name
+        for name in installed
+        if is_driver_package(name) and name not in wanted and not _signed_module_of(choice, name)
+    )
+
+
+_SIGNED_MODULE = re.compile(r"linux-(?:modules|objects)-nvidia-(\d+)-server(-open)?-.+")
+
+
+def _signed_module_of(choice: DriverChoice, name: str) -> bool:
+    """Whether ``name`` is one of Canonical's signed module packages the choice installs: the
+    flavour's meta package and what it pulls for each kernel ABI."""
+    match = _SIGNED_MODULE.fullmatch(name)
+    return (
+        choice.source is DriverSource.UBUNTU
+        and match is not None
+        and match[1] == choice.branch
+        and bool(match[2]) == (choice.kernel_modules is KernelModules.OPEN)
+    )
 
 
 # Every versioned kernel's headers package: the running kernel's is among them.

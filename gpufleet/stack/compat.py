@@ -22,10 +22,12 @@ from gpufleet.stack import urls
 from gpufleet.stack.catalog import (
     FIRST_OPEN_MODULES_BRANCH,
     DriverChoice,
+    DriverSource,
     KernelModules,
     cuda_package_name,
     cuda_toolkit_packages,
     cudnn_packages,
+    kernel_flavour,
 )
 from gpufleet.stack.hardware import (
     FrameworkCoverage,
@@ -137,6 +139,9 @@ class StackRequest:
     cuda_install_method: CudaInstallMethod = CudaInstallMethod.AUTO
     cudnn_install_method: CudnnInstallMethod = CudnnInstallMethod.AUTO
     allow_unsupported_framework: bool = False
+    nvidia_driver_source: DriverSource = DriverSource.NVIDIA
+    # Ubuntu's archive: the flavour of the signed modules (None: the running kernel's).
+    nvidia_kernel_flavour: str | None = None
     # Paths on the host of the Machine Owner Key DKMS signs the modules with (both or neither).
     module_signing_key: str | None = None
     module_signing_cert: str | None = None
@@ -151,6 +156,7 @@ class HostPlatform:
     bus: PciBus = PciBus()
     # Whether the host booted with UEFI Secure Boot on (None: unknown).
     secure_boot: bool | None = None
+    kernel_release: str = ""
 
     @classmethod
     def from_os_release(
@@ -158,12 +164,14 @@ class HostPlatform:
         os_release: dict[str, str],
         bus: PciBus | None = None,
         secure_boot: bool | None = None,
+        kernel_release: str | None = None,
     ) -> HostPlatform:
         return cls(
             os_id=os_release.get("ID", "unknown"),
             os_version_id=os_release.get("VERSION_ID", ""),
             bus=bus or PciBus(),
             secure_boot=secure_boot,
+            kernel_release=kernel_release or "",
         )
 
     @property
@@ -232,7 +240,7 @@ def plan_stack(
         return None, problems
     repository = host_repository(request, platform)
     url = request.nvidia_cuda_repo_url or (repository.url if repository else "")
-    driver, notes, problems = _choose_driver(request, platform, repository)
+    driver, notes, problems = _choose_driver(request, platform, repository, offers or {})
     methods = resolve_methods(
         request.cuda_install_method,
         request.cudnn_install_method,
@@ -289,12 +297,22 @@ def apt_carries(
 
 
 def _choose_driver(
-    request: StackRequest, platform: HostPlatform, repository: CudaRepository | None
+    request: StackRequest,
+    platform: HostPlatform,
+    repository: CudaRepository | None,
+    offers: Mapping[str, list[AptOffer]],
 ) -> tuple[DriverChoice | None, list[str], list[str]]:
     """The host's driver, the notes on how it was chosen, or the problems."""
     branch, version = request.nvidia_driver_branch, request.nvidia_driver_version
     if branch is None:
         branch = version.split(".")[0] if version else default_driver_branch(repository)
+    ubuntu_archive = request.nvidia_driver_source is DriverSource.UBUNTU
+    if ubuntu_archive:
+        flavour, problems = _ubuntu_archive_problems(request, platform, branch, offers)
+        if problems:
+            return None, [], problems
+        # The archive's only versions are those its host's apt offers.
+        repository = None
     if version is None:
         version = DRIVER_RELEASES.get(branch)
         if version is None:
@@ -320,7 +338,7 @@ def _choose_driver(
         b for b in DRIVER_RELEASES if repository is None or b in repository.driver_branches
     ]
     problems += branch_problems(platform.bus, int(branch), setting, candidates)
-    if repository and branch not in repository.driver_branches:
+    if repository and not ubuntu_archive and branch not in repository.driver_branches:
         pinned = [b for b in DRIVER_RELEASES if b in repository.driver_branches]
         fix = (
             f"set nvidia_driver_branch to one gpufleet pins a release of: {', '.join(pinned)}"
@@ -333,7 +351,11 @@ def _choose_driver(
             "packages; it carries "
             f"{', '.join(repository.driver_branches)}: {fix}"
         )
-    if naming is DriverNaming.UBUNTU and int(branch) >= FIRST_UNSUFFIXED_UBUNTU_BRANCH:
+    if (
+        naming is DriverNaming.UBUNTU
+        and not ubuntu_archive
+        and int(branch) >= FIRST_UNSUFFIXED_UBUNTU_BRANCH
+    ):
         problems.append(
             f"nvidia_driver_branch = {branch!r}: from R{FIRST_UNSUFFIXED_UBUNTU_BRANCH} "
             "NVIDIA's Ubuntu packages drop the branch from their names, which gpufleet does not "
@@ -361,14 +383,63 @@ def _choose_driver(
         if request.nvidia_driver_version
         else "gpufleet's default"
     )
+    origin, built = (
+        (f"R{branch}-server from Ubuntu's archive", f", signed for the {flavour} kernels")
+        if ubuntu_archive
+        else (f"R{branch}", "")
+    )
     notes = [
-        f"driver {version} (R{branch}, {chosen_by}), {modules.value} kernel modules ({why})",
+        f"driver {version} ({origin}, {chosen_by}), {modules.value} kernel modules ({why}){built}",
         f"fabric manager: {'yes, for the NVSwitches' if fabric_manager else 'no (no NVSwitch)'}",
     ]
     choice = DriverChoice(
-        naming, branch, version, modules, request.nvidia_driver_headless, fabric_manager
+        naming,
+        branch,
+        version,
+        modules,
+        request.nvidia_driver_headless,
+        fabric_manager,
+        request.nvidia_driver_source,
+        flavour if ubuntu_archive else "",
     )
     return choice, notes, []
+
+
+def _ubuntu_archive_problems(
+    request: StackRequest,
+    platform: HostPlatform,
+    branch: str,
+    offers: Mapping[str, list[AptOffer]],
+) -> tuple[str, list[str]]:
+    """
+    The kernel flavour whose signed modules Ubuntu's archive brings, and what stops the
+    archive's driver here: another OS, no exact version (the archive keeps only its newest
+    release of a branch, so gpufleet pins none: the host's apt names those it offers), no
+    flavour.
+    """
+    if platform.os_id != "ubuntu":
+        return "", [
+            f"nvidia_driver_source = 'ubuntu': Ubuntu's archive serves Ubuntu hosts; this host "
+            f"runs {platform.os_id} {platform.os_version_id}: set nvidia_driver_source to "
+            "'nvidia'"
+        ]
+    problems = []
+    if request.nvidia_driver_version is None:
+        utils = f"nvidia-utils-{branch}-server"
+        offered = sorted({offer["version"].split("-")[0] for offer in offers.get(utils, [])})
+        problems.append(
+            f"nvidia_driver_source = 'ubuntu' needs nvidia_driver_version, the exact release of "
+            f"R{branch}-server to pin (Ubuntu's archive keeps only its newest): the host's apt "
+            f"offers {', '.join(offered) or 'none (is the restricted component enabled?)'}"
+        )
+    flavour = request.nvidia_kernel_flavour or kernel_flavour(platform.kernel_release)
+    if flavour is None:
+        problems.append(
+            f"nvidia_kernel_flavour is not set and the running kernel "
+            f"{platform.kernel_release!r} names no flavour; set it to the flavour of the "
+            "Ubuntu kernels the host boots, e.g. 'generic'"
+        )
+    return flavour or "", problems
 
 
 def _check_os(platform: HostPlatform) -> list[str]:
@@ -539,13 +610,20 @@ def _check_secure_boot(request: StackRequest, platform: HostPlatform) -> list[st
             f"{given} is set but {missing} is not: DKMS signs with the key and the certificate "
             "together; set both"
         ]
-    if platform.secure_boot and not key:
+    signed = request.nvidia_driver_source is DriverSource.UBUNTU
+    if platform.secure_boot and not key and not signed:
+        ubuntu = (
+            "or, on Ubuntu, set nvidia_driver_source to 'ubuntu' for Canonical's signed "
+            "precompiled modules"
+            if platform.os_id == "ubuntu"
+            else ""
+        )
         return [
             "Secure Boot is enabled on this host and the NVIDIA kernel modules are built by "
             "DKMS: unsigned, the kernel would refuse to load them. Set "
             "nvidia_module_signing_key and nvidia_module_signing_cert to the paths on the host "
             "of a Machine Owner Key you enrolled (mokutil --import), which DKMS signs the "
-            "modules with"
+            f"modules with{'; ' + ubuntu if ubuntu else ''}"
         ]
     return []
 
@@ -577,18 +655,26 @@ def offer_problems(
     pins: dict[str, dict[str, str | None]],
     offers: Mapping[str, list[AptOffer]],
     installed: Mapping[str, str],
-    repository_url: str,
+    repository_url: str | None,
 ) -> list[str]:
     """
     The pinned versions the host's apt does not offer, once apt has the repository's lists
     (an earlier run added it): ``pins`` maps "data_key = value" to the packages it pins, and
     ``installed`` holds the installed versions, which count as offered. A mirror then answers
-    for itself instead of being trusted.
+    for itself instead of being trusted. ``repository_url`` None stands for the host's own OS
+    archive, whose lists count as there when it offers any of a setting's packages.
     """
-    if not _has_lists(offers, repository_url):
+    if repository_url is not None and not _has_lists(offers, repository_url):
         return []
+    where = (
+        f"with the repository at {urls.redact(repository_url)}"
+        if repository_url is not None
+        else "from the OS archive"
+    )
     problems = []
     for setting, packages in pins.items():
+        if repository_url is None and not any(offers.get(name) for name in packages):
+            continue
         missing = []
         for package, pattern in packages.items():
             versions = _versions(package, offers, installed)
@@ -596,8 +682,7 @@ def offer_problems(
                 missing.append(f"{package} {pattern} (offered: {', '.join(versions) or 'none'})")
         if missing:
             problems.append(
-                f"{setting}: the host's apt, with the repository at "
-                f"{urls.redact(repository_url)}, offers no {'; no '.join(missing)}; pin a "
+                f"{setting}: the host's apt, {where}, offers no {'; no '.join(missing)}; pin a "
                 "version it offers, or fix the mirror"
             )
     return problems

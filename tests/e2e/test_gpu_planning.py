@@ -115,3 +115,80 @@ def test_hgx_a100_gets_open_modules_and_the_fabric_manager_and_h100_on_r470_is_r
     assert installed == [f"nvidia-fabricmanager-550 {R550}-1 hi"]
     assert running_driver(fleet, hgx).splitlines()[0] == R550
     assert ssh_ok(fleet, hgx, "systemctl is-active nvidia-fabricmanager").strip() == "active"
+
+
+# Canonical's R535-server build from Ubuntu's archive (restricted), headless, open modules:
+# what gpufleet installs and holds, by name (the version is the archive's newest, read from the
+# host's apt).
+UBUNTU_ARCHIVE_DRIVER = (
+    "libnvidia-cfg1-535-server",
+    "libnvidia-common-535-server",
+    "libnvidia-compute-535-server",
+    "libnvidia-decode-535-server",
+    "libnvidia-encode-535-server",
+    "libnvidia-extra-535-server",
+    "nvidia-compute-utils-535-server",
+    "nvidia-headless-no-dkms-535-server-open",
+    "nvidia-kernel-common-535-server",
+    "nvidia-kernel-source-535-server-open",
+    "nvidia-utils-535-server",
+)
+SIGNED_MODULES = "linux-modules-nvidia-535-server-open-generic"
+REAL_NVIDIA_SMI_WITHOUT_MODULE = (
+    Path(__file__).parents[1] / "fixtures" / "facts" / "nvidia-smi-real-535-server-no-module.txt"
+)
+
+
+def test_ubuntus_own_driver_installs_for_real_pinned_held_and_unchanged_on_a_re_run(
+    fleet_factory: FleetFactory, repo_tree: RepoTree, tmp_path: Path
+) -> None:
+    fleet = fleet_factory(count=1, os_release="ubuntu20.04")
+    (host,) = fleet.hosts
+    present_gpus(fleet, host, [A100_SXM4_80GB] * 2)
+    madison = ssh_ok(
+        fleet, host, "apt-get update -q >/dev/null && apt-cache madison nvidia-utils-535-server"
+    )
+    version = madison.splitlines()[0].split("|")[1].strip()
+    data = {
+        **repo_data(repo_tree, "ubuntu20.04"),
+        "gpu_verify": False,
+        "nvidia_driver_source": "ubuntu",
+        "nvidia_driver_version": version.split("-")[0],
+        # The hosts run the build machine's kernel, not Ubuntu's.
+        "nvidia_kernel_flavour": "generic",
+    }
+    inventory = fleet.write_inventory(tmp_path / "ubuntu-driver.py", data)
+
+    first = run_deploy(fleet, inventory)
+    # Installed, then stopped: the modules are for the generic kernels, which the host does not
+    # run (a golden image built in a container stops the same way).
+    assert first.returncode != 0, first.output[-6000:]
+    assert "REBOOT REQUIRED (Canonical's signed modules are for the generic kernels" in (
+        first.output
+    )
+    states = ssh_ok(
+        fleet,
+        host,
+        "dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' "
+        "'*-535-server*' 'linux-modules-nvidia-*'",
+    )
+    installed = {
+        line.split()[0]: line.split()[1:]
+        for line in states.splitlines()
+        if not line.endswith("un ") and not line.endswith("pn ")
+    }
+    for name in UBUNTU_ARCHIVE_DRIVER:
+        assert installed[name] == [version, "hi"], states
+    # The signed modules follow the kernels: installed, not held.
+    assert installed[SIGNED_MODULES][1] == "ii", states
+    module = ssh_ok(fleet, host, "find /lib/modules -name 'nvidia.ko*' -path '*generic*'")
+    assert module.strip(), "no signed nvidia.ko for the generic kernel"
+
+    second = run_deploy(fleet, inventory)
+    assert second.changed() == {}
+    assert "REBOOT REQUIRED" in second.output
+
+    # What the real nvidia-smi says with no NVIDIA module loaded: the diagnosis fixture.
+    smi = fleet.ssh(host, "nvidia-smi")
+    assert smi.returncode == 9
+    assert smi.stdout == REAL_NVIDIA_SMI_WITHOUT_MODULE.read_text()

@@ -22,6 +22,7 @@ from gpufleet.diagnosis import (
 from gpufleet.diagnosis.catalog import KNOWN_FAILURES, explain
 from gpufleet.diagnosis.cuda import resolved_libraries
 from gpufleet.diagnosis.hardware import nvidia_gpus_on_pci_bus
+from gpufleet.facts.nvidia import NVIDIA_SMI_EXIT_MARKER, parse_nvidia_smi_output
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
 FACTS = Path(__file__).parents[1] / "fixtures" / "facts"
@@ -177,6 +178,17 @@ def test_a_gpu_the_driver_does_not_support_is_named_from_the_kernel_log() -> Non
         "driver 535.104.05 does not support the GPU 10de:1b38 at 0000:02:00.0"
     )
     assert check["fix"].startswith("pin a driver branch that drives this GPU")
+
+
+def test_the_real_nvidia_smi_of_ubuntus_535_server_without_its_module() -> None:
+    output = (FACTS / "nvidia-smi-real-535-server-no-module.txt").read_text().splitlines()
+    smi = parse_nvidia_smi_output([*output, f"{NVIDIA_SMI_EXIT_MARKER}9"])
+    assert smi is not None and smi["error"] is not None
+    [check] = failed_checks(
+        diagnose(with_nvidia_smi(gpus=[], error=smi["error"], driver_version=None), PINS),
+        "driver",
+    )
+    assert check["problem"] == "the NVIDIA kernel module is not loaded"
 
 
 def test_no_devices_found_points_at_the_gpus_and_the_branch_not_a_reinstall() -> None:

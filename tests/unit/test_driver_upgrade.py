@@ -133,7 +133,9 @@ def test_stale_module_after_an_interrupted_change_still_needs_the_reboot() -> No
     state["nvidia_smi"] = nvidia_smi_error(
         "Failed to initialize NVML: Driver/library version mismatch"
     )
-    reason = module_change_reason(state["nvidia_kernel"], state["nvidia_smi"], "470.239.06")
+    reason = module_change_reason(
+        state["nvidia_kernel"], state["nvidia_smi"], r470("470.239.06"), "5.4.0-216-generic"
+    )
     assert reason is not None and "version mismatch" in reason
     assert plan_driver_change(r470("470.239.06"), state) is not None
 

@@ -7,9 +7,15 @@ Every expectation is written out as an operator would read it.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from gpufleet.stack import compat
-from gpufleet.stack.catalog import KernelModules, driver_packages
+from gpufleet.stack.catalog import (
+    DriverSource,
+    KernelModules,
+    driver_packages,
+    signed_module_packages,
+)
 from gpufleet.stack.gpus import Coverage
 from gpufleet.stack.hardware import PciBus
 from tests.unit.test_compat import DEFAULTS
@@ -42,10 +48,11 @@ def plan(
     pci: PciBus,
     os: tuple[str, str] = ("ubuntu", "20.04"),
     secure_boot: bool | None = None,
-    **wishes,
+    kernel_release: str = "",
+    **wishes: Any,
 ) -> tuple[compat.StackPlan | None, list[str]]:
     request = dataclasses.replace(DEFAULTS, **wishes)
-    return compat.plan_stack(request, compat.HostPlatform(*os, pci, secure_boot))
+    return compat.plan_stack(request, compat.HostPlatform(*os, pci, secure_boot, kernel_release))
 
 
 def test_the_pci_devices_become_gpus_and_nvswitches() -> None:
@@ -183,8 +190,11 @@ def test_secure_boot_needs_an_enrolled_key_for_dkms() -> None:
         "Secure Boot is enabled on this host and the NVIDIA kernel modules are built by DKMS: "
         "unsigned, the kernel would refuse to load them. Set nvidia_module_signing_key and "
         "nvidia_module_signing_cert to the paths on the host of a Machine Owner Key you "
-        "enrolled (mokutil --import), which DKMS signs the modules with"
+        "enrolled (mokutil --import), which DKMS signs the modules with; or, on Ubuntu, set "
+        "nvidia_driver_source to 'ubuntu' for Canonical's signed precompiled modules"
     ]
+    _, problems = plan(HGX_A100, os=("debian", "12"), secure_boot=True)
+    assert problems[-1].endswith("which DKMS signs the modules with")
     stack, problems = plan(
         HGX_A100,
         secure_boot=True,
@@ -198,3 +208,85 @@ def test_secure_boot_needs_an_enrolled_key_for_dkms() -> None:
         "nvidia_module_signing_cert is set but nvidia_module_signing_key is not: DKMS signs "
         "with the key and the certificate together; set both"
     ]
+
+
+# What Ubuntu 20.04's apt offers of Canonical's R535-server build (apt-cache madison, focal).
+FOCAL_OFFERS: dict[str, list[compat.AptOffer]] = {
+    name: [
+        {
+            "version": "535.247.01-0ubuntu0.20.04.1",
+            "source": "http://archive.example/ubuntu focal-updates/restricted amd64 Packages",
+        }
+    ]
+    for name in ("nvidia-utils-535-server", "nvidia-headless-no-dkms-535-server-open")
+}
+
+
+def test_ubuntus_archive_gives_the_server_build_and_signed_modules_for_the_kernel_flavour() -> None:
+    stack, problems = plan(
+        HGX_A100,
+        secure_boot=True,
+        nvidia_driver_source=DriverSource.UBUNTU,
+        nvidia_driver_version="535.247.01",
+        kernel_release="5.4.0-216-generic",
+    )
+    assert problems == [] and stack is not None
+    assert driver_packages(stack.driver) == {
+        "libnvidia-cfg1-535-server": "535.247.01-*",
+        "libnvidia-common-535-server": "535.247.01-*",
+        "libnvidia-compute-535-server": "535.247.01-*",
+        "libnvidia-decode-535-server": "535.247.01-*",
+        "libnvidia-encode-535-server": "535.247.01-*",
+        "libnvidia-extra-535-server": "535.247.01-*",
+        "nvidia-compute-utils-535-server": "535.247.01-*",
+        "nvidia-fabricmanager-535": "535.247.01-*",
+        "nvidia-headless-no-dkms-535-server-open": "535.247.01-*",
+        "nvidia-kernel-common-535-server": "535.247.01-*",
+        "nvidia-kernel-source-535-server-open": "535.247.01-*",
+        "nvidia-utils-535-server": "535.247.01-*",
+    }
+    # The kernel's version, not the driver's; following each new kernel, so not held.
+    assert signed_module_packages(stack.driver) == {
+        "linux-modules-nvidia-535-server-open-generic": None
+    }
+    assert stack.notes[1] == (
+        "driver 535.247.01 (R535-server from Ubuntu's archive, nvidia_driver_version), open "
+        "kernel modules (data center GPUs, production-ready from R515), signed for the generic "
+        "kernels"
+    )
+
+
+def test_ubuntus_archive_needs_an_exact_version_an_ubuntu_host_and_a_kernel_flavour() -> None:
+    request = dataclasses.replace(
+        DEFAULTS, nvidia_driver_source=DriverSource.UBUNTU, nvidia_driver_branch="535"
+    )
+    platform = compat.HostPlatform("ubuntu", "20.04", T4, kernel_release="6.1.0-28")
+    _, problems = compat.plan_stack(request, platform, FOCAL_OFFERS)
+    assert problems == [
+        "nvidia_driver_source = 'ubuntu' needs nvidia_driver_version, the exact release of "
+        "R535-server to pin (Ubuntu's archive keeps only its newest): the host's apt offers "
+        "535.247.01",
+        "nvidia_kernel_flavour is not set and the running kernel '6.1.0-28' names no flavour; "
+        "set it to the flavour of the Ubuntu kernels the host boots, e.g. 'generic'",
+    ]
+    _, problems = compat.plan_stack(request, compat.HostPlatform("debian", "12", T4))
+    assert problems == [
+        "nvidia_driver_source = 'ubuntu': Ubuntu's archive serves Ubuntu hosts; this host runs "
+        "debian 12: set nvidia_driver_source to 'nvidia'"
+    ]
+
+
+def test_a_version_the_os_archive_does_not_offer_is_refused_with_what_it_offers() -> None:
+    pins: dict[str, dict[str, str | None]] = {
+        "nvidia_driver_version = '535.230.02'": {"nvidia-utils-535-server": "535.230.02-*"}
+    }
+    assert compat.offer_problems(pins, FOCAL_OFFERS, {}, None) == [
+        "nvidia_driver_version = '535.230.02': the host's apt, from the OS archive, offers no "
+        "nvidia-utils-535-server 535.230.02-* (offered: 535.247.01-0ubuntu0.20.04.1); pin a "
+        "version it offers, or fix the mirror"
+    ]
+    # Nothing offered at all: the archive's lists may be missing, and apt will answer.
+    flavour: dict[str, dict[str, str | None]] = {
+        "nvidia_kernel_flavour = 'amd64'": {"linux-modules-nvidia-535-server-amd64": None}
+    }
+    assert compat.offer_problems(flavour, FOCAL_OFFERS, {}, None) == []
