@@ -205,7 +205,9 @@ def offered_packages(settings: GpuSettings) -> list[str]:
     """
     What the host read asks apt about (apt-cache madison): every package a plan for this host
     could pin. The plan's driver depends on the host's OS, which the same read tells, so the
-    driver's names come for each OS naming, module flavour and candidate branch.
+    driver's names come for each OS naming, module flavour and candidate branch (and, from
+    Ubuntu's archive, for the kernel flavours whose signed modules the running kernel could
+    ask for).
     """
     version = settings.nvidia_driver_version
     branch = settings.nvidia_driver_branch or (version.split(".")[0] if version else None)
@@ -214,18 +216,16 @@ def offered_packages(settings: GpuSettings) -> list[str]:
         if branch
         else {compat.default_driver_branch(r) for r in compat.CUDA_REPOSITORIES.values()}
     )
-    sources = {catalog.DriverSource.NVIDIA, settings.nvidia_driver_source}
-    flavours = (
-        [settings.nvidia_kernel_flavour]
-        if settings.nvidia_kernel_flavour
-        else catalog.UBUNTU_KERNEL_FLAVOURS
-    )
+    source = settings.nvidia_driver_source
+    flavours = [""]
+    if source is catalog.DriverSource.UBUNTU:
+        chosen = settings.nvidia_kernel_flavour
+        flavours = [chosen] if chosen else catalog.UBUNTU_KERNEL_FLAVOURS
     choices = [
         catalog.DriverChoice(naming, candidate, "0", modules, False, True, source, flavour)
         for candidate in branches
         for naming in DriverNaming
         for modules in catalog.KernelModules
-        for source in sources
         for flavour in flavours
     ]
     names = {

@@ -276,7 +276,12 @@ def driver_files(upstream: str, cuda: str) -> DriverFiles:
         ),
         libnvidia_ml_links={f"{lib_dir}/libnvidia-ml.so.1": f"libnvidia-ml.so.{upstream}"},
         nvidia_smi={
-            "/usr/bin/nvidia-smi": program("nvidia-smi", DRIVER_VERSION=upstream, CUDA_VERSION=cuda)
+            "/usr/bin/nvidia-smi": program(
+                "nvidia-smi",
+                DRIVER_VERSION=upstream,
+                CUDA_VERSION=cuda,
+                LOADED_MODULE=payload_text("loaded-module"),
+            ),
         },
         persistenced={
             "/usr/bin/nvidia-persistenced": program("nvidia-persistenced", DRIVER_VERSION=upstream),
@@ -727,7 +732,9 @@ def fabricmanager_package(release: DriverRelease) -> StandinPackage:
         conflicts=others,
         files={
             "/usr/bin/nv-fabricmanager": program(
-                "nv-fabricmanager", DRIVER_VERSION=release.upstream
+                "nv-fabricmanager",
+                DRIVER_VERSION=release.upstream,
+                LOADED_MODULE=payload_text("loaded-module"),
             ),
             "/lib/systemd/system/nvidia-fabricmanager.service": text_file(
                 payload_text("nvidia-fabricmanager.service")

@@ -132,8 +132,9 @@ def module_change_reason(
 ) -> str | None:
     """Why the running kernel does not have the pinned driver's module, None when it does."""
     driver_version = driver.version
-    running_flavour = catalog.kernel_flavour(kernel_release or "")
-    if catalog.signed_module_packages(driver) and running_flavour != driver.kernel_flavour:
+    if catalog.signed_module_packages(driver) and not catalog.runs_flavour(
+        kernel_release or "", driver.kernel_flavour
+    ):
         # Canonical's modules exist for the flavour's kernels only: a golden image built in a
         # container, or a host on another kernel, loads them once it boots one.
         return (

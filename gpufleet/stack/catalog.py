@@ -173,6 +173,12 @@ def kernel_flavour(kernel_release: str) -> str | None:
     return match[1] if match else None
 
 
+def runs_flavour(kernel_release: str, flavour: str) -> bool:
+    """Whether the kernel is one of the flavour's: a hardware enablement flavour's kernels
+    (generic-hwe-22.04) call themselves by the plain one (6.5.0-45-generic)."""
+    return kernel_flavour(kernel_release) == re.sub(r"-hwe-[\d.]+$", "", flavour)
+
+
 def _ubuntu_archive_driver_names(choice: DriverChoice) -> list[str]:
     names = [*UBUNTU_ARCHIVE_HEADLESS_PACKAGES]
     if not choice.headless:

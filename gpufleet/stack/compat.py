@@ -307,6 +307,7 @@ def _choose_driver(
     if branch is None:
         branch = version.split(".")[0] if version else default_driver_branch(repository)
     ubuntu_archive = request.nvidia_driver_source is DriverSource.UBUNTU
+    flavour = ""
     if ubuntu_archive:
         flavour, problems = _ubuntu_archive_problems(request, platform, branch, offers)
         if problems:
@@ -400,7 +401,7 @@ def _choose_driver(
         request.nvidia_driver_headless,
         fabric_manager,
         request.nvidia_driver_source,
-        flavour if ubuntu_archive else "",
+        flavour,
     )
     return choice, notes, []
 

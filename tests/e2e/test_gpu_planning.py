@@ -27,6 +27,8 @@ pytestmark = pytest.mark.e2e
 # repository carries), and the R550 release of that repository the rollout moves to.
 R535, R550 = "535.183.01", "550.144.03"
 FABRIC_MANAGER_LOG = "/var/log/fabricmanager.log"
+MOK_KEY, MOK_CERT = "/root/mok/MOK.priv", "/root/mok/MOK.der"
+DKMS_SIGNING = "/etc/dkms/framework.conf.d/gpufleet-module-signing.conf"
 
 
 def test_hgx_a100_gets_open_modules_and_the_fabric_manager_and_h100_on_r470_is_refused(
@@ -36,11 +38,28 @@ def test_hgx_a100_gets_open_modules_and_the_fabric_manager_and_h100_on_r470_is_r
     hgx, h100 = fleet.hosts
     present_gpus(fleet, hgx, [A100_SXM4_80GB] * 8, [A100_NVSWITCH] * 6)
     present_gpus(fleet, h100, [H100_80GB_HBM3] * 2)
+    # A Machine Owner Key the HGX host's DKMS signs with (Secure Boot hosts need one).
+    ssh_ok(fleet, hgx, f"install -d -m 700 /root/mok && install -m 600 /dev/null {MOK_KEY} && "
+                       f"install -m 644 /dev/null {MOK_CERT}")  # fmt: skip
     h100_before = ssh_ok(fleet, h100, SNAPSHOT)
     data = {**repo_data(repo_tree, "ubuntu20.04"), "gpu_verify": False}
+    signing: dict[str, object] = {
+        "nvidia_module_signing_key": MOK_KEY,
+        "nvidia_module_signing_cert": MOK_CERT,
+    }
     inventory = fleet.write_inventory(
-        tmp_path / "gpus.py", data, host_data={h100.name: {"nvidia_driver_branch": "470"}}
+        tmp_path / "gpus.py",
+        data,
+        host_data={h100.name: {"nvidia_driver_branch": "470"}, hgx.name: signing},
     )
+
+    # The dry run tells the plan per host and changes nothing.
+    dry = run_deploy(fleet, inventory, "--dry")
+    assert "fabric manager: yes, for the NVSwitches" in dry.output
+    assert "Secure Boot: off" in dry.output or "Secure Boot: unknown" in dry.output
+    assert "R470 cannot drive the NVIDIA H100 80GB HBM3" in dry.output
+    assert ssh_ok(fleet, h100, SNAPSHOT) == h100_before
+    assert fleet.ssh(hgx, "dpkg-query -W nvidia-fabricmanager-535").returncode != 0
 
     first = run_deploy(fleet, inventory)
     output = first.output
@@ -84,8 +103,12 @@ def test_hgx_a100_gets_open_modules_and_the_fabric_manager_and_h100_on_r470_is_r
     assert "Successfully configured all the available NVSwitches" in ssh_ok(
         fleet, hgx, f"cat {FABRIC_MANAGER_LOG}"
     )
+    assert ssh_ok(fleet, hgx, f"cat {DKMS_SIGNING}") == (
+        "# Managed by gpufleet: Secure Boot loads only modules signed with an enrolled key.\n"
+        f'mok_signing_key="{MOK_KEY}"\nmok_certificate="{MOK_CERT}"\n'
+    )
 
-    hgx_only = fleet.write_inventory(tmp_path / "hgx.py", data)
+    hgx_only = fleet.write_inventory(tmp_path / "hgx.py", {**data, **signing})
     second = run_deploy(fleet, hgx_only, "--limit", hgx.address)
     assert_converged(second)
     assert second.changed() == {}
@@ -97,6 +120,7 @@ def test_hgx_a100_gets_open_modules_and_the_fabric_manager_and_h100_on_r470_is_r
         tmp_path / "upgrade.py",
         {
             **data,
+            **signing,
             "nvidia_driver_version": R550,
             "gpu_reboot_allowed": True,
             "tensorflow_image": TEST_IMAGE,

@@ -14,6 +14,7 @@ from gpufleet.stack.catalog import (
     DriverSource,
     KernelModules,
     driver_packages,
+    runs_flavour,
     signed_module_packages,
 )
 from gpufleet.stack.gpus import Coverage
@@ -290,3 +291,11 @@ def test_a_version_the_os_archive_does_not_offer_is_refused_with_what_it_offers(
         "nvidia_kernel_flavour = 'amd64'": {"linux-modules-nvidia-535-server-amd64": None}
     }
     assert compat.offer_problems(flavour, FOCAL_OFFERS, {}, None) == []
+
+
+def test_a_kernel_runs_its_flavour_hardware_enablement_ones_included() -> None:
+    assert runs_flavour("5.4.0-216-generic", "generic")
+    assert runs_flavour("6.5.0-45-generic", "generic-hwe-22.04")
+    assert runs_flavour("6.8.0-1015-aws", "aws")
+    assert not runs_flavour("6.1.0-28-amd64", "generic")
+    assert not runs_flavour("5.15.0-126-lowlatency", "generic")
