@@ -11,7 +11,7 @@ or on the command line: `pyinfra inventory.py gpufleet.gpu_host`.
 
 from __future__ import annotations
 
-from importlib import import_module
+from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
     from gpufleet.deploys.verify import verify
 
 __all__ = ["audit", "driver_upgrade", "gpu_host", "verify"]
+
+
+def version() -> str:
+    """gpufleet's installed version (pyproject.toml); "unknown" in a checkout never installed."""
+    try:
+        return metadata.version("gpufleet")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def __getattr__(name: str) -> Any:

@@ -1,24 +1,43 @@
 """
 The `gpufleet` command: the fleet-level tools that are not a single pyinfra deploy.
 
-    gpufleet rollout INVENTORY [--batch-size N] [--dry] [-- PYINFRA_ARGS...]
+    gpufleet rollout INVENTORY [--driver-version V [--branch B]] [--batch-size N] [--dry]
+                     [-- PYINFRA_ARGS...]
     gpufleet report RESULTS_DIR --driver V --cuda V --cudnn V [--html F] [--markdown F]
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
 from gpufleet import fleet_report, rollout
 from gpufleet.diagnosis import Expectations
+from gpufleet.stack import compat
+
+# A release of the default branch, for the examples in the option errors.
+EXAMPLE_DRIVER_VERSION = compat.DRIVER_RELEASES[compat.DEFAULT_DRIVER_BRANCH]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Provision and check NVIDIA GPU hosts with pyinfra."""
+
+
+class ShapedText(click.ParamType):
+    """A string option of ``pattern``'s shape: the check the inventory's data gets."""
+
+    def __init__(self, pattern: re.Pattern[str], what: str, example: str) -> None:
+        self.pattern, self.name, self.example = pattern, what, example
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not self.pattern.fullmatch(value):
+            self.fail(f"{value!r} is not a {self.name}; use e.g. {self.example!r}", param, ctx)
+        return value
 
 
 @main.command(
@@ -27,28 +46,52 @@ def main() -> None:
 )
 @click.argument("inventory")
 @click.option(
+    "--driver-version",
+    metavar="VERSION",
+    type=ShapedText(compat.DRIVER_VERSION, "driver version", EXAMPLE_DRIVER_VERSION),
+    help=f"Roll out this driver (nvidia_driver_version), e.g. {EXAMPLE_DRIVER_VERSION}.",
+)
+@click.option(
+    "--branch",
+    metavar="BRANCH",
+    type=ShapedText(compat.DRIVER_BRANCH, "driver branch", compat.DEFAULT_DRIVER_BRANCH),
+    help="Its branch (nvidia_driver_branch), where the inventory pins another.",
+)
+@click.option(
     "--batch-size", type=click.IntRange(min=1), help="Hosts per batch (upgrade_batch_size)."
 )
-@click.option("--dry", is_flag=True, help="List each host's plan and change nothing.")
+@click.option("--dry", is_flag=True, help="List the batches and each host's plan; change nothing.")
 @click.argument("pyinfra_args", nargs=-1, type=click.UNPROCESSED)
 def rollout_command(
-    inventory: str, batch_size: int | None, dry: bool, pyinfra_args: tuple[str, ...]
+    inventory: str,
+    driver_version: str | None,
+    branch: str | None,
+    batch_size: int | None,
+    dry: bool,
+    pyinfra_args: tuple[str, ...],
 ) -> None:
     """
     Change the NVIDIA driver of INVENTORY's hosts one batch at a time, stopping after the first
-    batch in which a host failed. Options for pyinfra follow `--`.
+    batch in which a host failed. --driver-version overrides the inventory's pin for this
+    rollout only. Options for pyinfra follow `--`.
 
-    Exit status: 0 all done, 1 a host failed, 2 the inventory cannot be rolled out.
+    Exit status: 0 all done, 1 a host failed (or its verification), 2 the inventory cannot be
+    rolled out.
     """
+    if branch is not None and driver_version is None:
+        raise click.UsageError("--branch needs --driver-version: name the release to roll out")
+    override = rollout.DriverOverride(driver_version, branch) if driver_version else None
     try:
         if dry:
-            sys.exit(rollout.dry_run(inventory, list(pyinfra_args)))
-        result = rollout.roll_out(inventory, batch_size, list(pyinfra_args))
+            sys.exit(rollout.dry_run(inventory, batch_size, list(pyinfra_args), override))
+        result = rollout.roll_out(inventory, batch_size, list(pyinfra_args), override)
     except rollout.RolloutError as error:
         click.echo(f"rollout: {error}", err=True)
         sys.exit(2)
     click.echo(result.report())
-    sys.exit(1 if result.failed else 0)
+    for warning in result.warnings:
+        click.echo(warning, err=True)
+    sys.exit(0 if result.succeeded else 1)
 
 
 @main.command("report")
@@ -70,14 +113,20 @@ def report_command(
 ) -> None:
     """
     The fleet report of a folder of per-host verification results (RESULTS_DIR): Markdown on
-    standard output unless --html or --markdown name files.
+    standard output unless --html or --markdown name files. The page links each host to its
+    result file by a path relative to the page, so keep them where they are, or move them
+    together.
     """
     # Hosts report cuDNN's header version (8.1.1 for the 8.1.1.33 pin).
     pins = Expectations(driver, cuda, cudnn)
     rows = fleet_report.load_rows(results_dir, pins)
-    table = fleet_report.render_markdown(rows, pins)
+    generated_at = datetime.now(timezone.utc)
+    table = fleet_report.render_markdown(rows, pins, generated_at)
     if html:
-        html.write_text(fleet_report.render_html(rows, pins), encoding="utf-8")
+        page = fleet_report.render_html(
+            rows, pins, generated_at, fleet_report.results_link_prefix(results_dir, html)
+        )
+        html.write_text(page, encoding="utf-8")
     if markdown:
         markdown.write_text(table, encoding="utf-8")
     if not (html or markdown):

@@ -14,6 +14,7 @@ from pyinfra import host
 from pyinfra.api import State
 from pyinfra.context import ctx_host
 
+from gpufleet import run_summary
 from gpufleet.artifacts import (
     Artifact,
     ArtifactError,
@@ -30,7 +31,12 @@ from gpufleet.facts.gpu_host import GpuHostStateInfo, OsReleaseFields
 from gpufleet.facts.pyinfra_internals import dry_run
 from gpufleet.facts.secure_boot import SecureBootState
 from gpufleet.repository_keys import RepositoryKeyError, fetch_keyring
-from gpufleet.settings import GpuSettings, InventoryData, SettingsError, read_settings
+from gpufleet.settings import (
+    GpuSettings,
+    InventoryData,
+    SettingsError,
+    read_settings,
+)
 from gpufleet.stack import catalog, compat, installers
 from gpufleet.stack.hardware import PciBus
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod, InstalledForms
@@ -65,6 +71,7 @@ def refuse_host(problems: list[str]) -> None:
     # The Host itself, not the context's proxy for it: pyinfra reads the set after the run.
     refused = ctx_host.get()
     message = refusal_message(problems)
+    run_summary.record_refusal(problems)
     # Bad group data refuses every host for the same reasons: said once, then named per host.
     first = _first_refused.setdefault(refused.state, {}).setdefault(message, refused.name)
     if first != refused.name:
@@ -83,9 +90,21 @@ def settings_or_refusal(data: InventoryData) -> GpuSettings | None:
     except SettingsError as error:
         refuse_host([str(error)])
         return None
+    run_summary.track(settings.gpu_results_dir, tuple(repository_urls(settings)))
     for warning in settings.warnings:
         host.log_styled(warning, fg="yellow", log_func=logger.warning)
     return settings
+
+
+def repository_urls(settings: GpuSettings) -> list[str]:
+    """The repositories the host may get: without a mirror, the CUDA repository's URL depends on
+    the OS release (read in the same round trip), so NVIDIA's for every release."""
+    cuda_urls = (
+        [settings.nvidia_cuda_repo_url]
+        if settings.nvidia_cuda_repo_url
+        else [repository.url for repository in compat.CUDA_REPOSITORIES.values()]
+    )
+    return [settings.nvidia_container_repo_url, *cuda_urls]
 
 
 def repository_pins(

@@ -82,6 +82,8 @@ _IMAGE_REFERENCE = re.compile(
 _NO_CONTROL_CHARACTERS = re.compile(r"[^\x00-\x1f\x7f]*")
 # An absolute path of plain characters, safe in a shell-sourced file without quoting issues.
 _HOST_PATH = re.compile(r"/[A-Za-z0-9._+/-]+")
+# A container registry as image references name it: host[:port][/path].
+_REGISTRY = re.compile(r"[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?")
 # What follows a kernel's ABI in its release and in Canonical's module packages' names.
 _KERNEL_FLAVOUR = re.compile(r"[a-z][a-z0-9.-]*")
 
@@ -410,6 +412,16 @@ class GpuSettings(BaseModel):
             "is not a docker image reference; use e.g. 'tensorflow/tensorflow:2.9.0-gpu'",
         ),
     ] = "tensorflow/tensorflow:2.9.0-gpu"
+    # Pull tensorflow_image as <mirror>/<image> (host[:port][/path]) and tag it: registries
+    # other than Docker Hub, which daemon.json's registry-mirrors do not cover.
+    tensorflow_image_registry_mirror: Annotated[
+        str | None,
+        _shaped(_REGISTRY, "is not a registry; use host[:port][/path], e.g. 'registry.local:5000'"),
+    ] = Field(default=None, examples=["registry.local:5000"])
+    # Seconds the pull of tensorflow_image may take (the GPU images are gigabytes).
+    tensorflow_image_pull_timeout: Annotated[
+        int, _whole_number(1, "a whole number of seconds (at least 1)", 1800)
+    ] = 1800
     # Install the stack even where tensorflow_image does not support a GPU of the host.
     gpu_allow_unsupported_framework: Flag = False
     # Verification (deploys/verify.py), run at the end of gpu_host unless gpu_verify is false.

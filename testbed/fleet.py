@@ -193,6 +193,8 @@ class Fleet:
         raise_inotify_instances()
         self.run_dir.mkdir(parents=True)
         (self.run_dir / "owner").write_text(owner_identity())
+        # Present from the start, or pyinfra's first connect logs "Failed to load host keys".
+        (self.run_dir / "known_hosts").touch()
         run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.prefix,
                      "-f", str(self.ssh_key)])  # fmt: skip
         public_key = self.ssh_key.with_suffix(".pub").read_text()

@@ -49,6 +49,10 @@ class StandinNvswitch:
 A100_SXM4_80GB = StandinGpu("NVIDIA A100-SXM4-80GB", "20b2", 81920, 400)
 H100_80GB_HBM3 = StandinGpu("NVIDIA H100 80GB HBM3", "2330", 81559, 700)
 TESLA_T4 = StandinGpu("Tesla T4", "1eb8", 15109, 70)
+# nvidia-smi's "Tesla V100-SXM2-16GB | 16160MiB | 300W" (the 2xV100 sample of gpufleet's
+# nvidia-reference nvidia-smi.txt): a GPU every branch gpufleet installs drives, with the
+# proprietary modules only, so it leaves each branch's package names as they were.
+TESLA_V100 = StandinGpu("Tesla V100-SXM2-16GB", "1db1", 16160, 300)
 # The NVSwitch of HGX A100 boards (`lspci -d 10de:1af1` in aws-parallelcluster-cookbook).
 A100_NVSWITCH = StandinNvswitch("1af1")
 

@@ -66,6 +66,10 @@ class FakeHost:
     # `apt-cache madison` lines for the packages apt's lists offer (none: apt has no lists of
     # the repositories gpufleet adds)
     madison: list[str] = field(default_factory=list)
+    # What `docker image inspect` says of tensorflow_image (None: docker does not have it)
+    tensorflow_image_id: str | None = None
+    # `lspci -n -D -d 10de:` lines: the NVIDIA devices on the bus
+    pci_lines: list[str] = field(default_factory=list)
 
     def dpkg_query_lines(self) -> list[str]:
         return [f"{name}\t{version}\t{status}" for name, (version, status) in self.packages.items()]
@@ -102,12 +106,14 @@ class FakeHost:
         sections = {
             "os_release": self.os_release.splitlines(),
             "kernel_release": [self.kernel_release],
+            "pci_devices": self.pci_lines,
             "cuda": self.cuda_lines(),
             "packages": self.dpkg_query_lines(),
             "held_packages": [n for n, (_, s) in self.packages.items() if s.startswith("hold ")],
             "apt_offers": self.madison,
             "docker_daemon_config": self.daemon_json_lines(),
             "python3_version": self.python3_version_lines(),
+            "tensorflow_image_id": [self.tensorflow_image_id] if self.tensorflow_image_id else [],
             "file_digests": self.sha256sum_lines(),
             "symlink_targets": self.symlink_lines(),
             "units_running": self.systemctl_lines("SubState"),
@@ -199,6 +205,8 @@ def converged_ubuntu_2004() -> FakeHost:
     host.services.update(
         {"nvidia-persistenced.service": (True, True), "docker.service": (True, True)}
     )
+    # gpu_host pulled tensorflow_image for its verification.
+    host.tensorflow_image_id = "sha256:" + "0" * 64
     return host
 
 

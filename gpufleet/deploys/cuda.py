@@ -14,10 +14,10 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy, operation
 from pyinfra.operations import server
-from pyinfra.operations.util import any_changed
 
 from gpufleet.facts import snapshot
 from gpufleet.facts.cuda import CudaToolkits
+from gpufleet.facts.pyinfra_internals import changes_host
 from gpufleet.operations import artifacts
 from gpufleet.operations import managed_files as files
 from gpufleet.operations import packages as apt
@@ -89,9 +89,10 @@ def cuda_toolkit(
     + runfile_to_send: the runfile on the controller, where the host needs it sent
     """
     if runfile_sha256 is None:
+        packages = catalog.cuda_toolkit_packages(cuda_version, package_version)
         toolkit = apt.pinned_packages(
-            name=f"CUDA toolkit {package_version} (pinned, held)",
-            packages=catalog.cuda_toolkit_packages(cuda_version, package_version),
+            name=f"CUDA toolkit {package_version} (pinned, held){apt.pin_moves(packages)}",
+            packages=packages,
             lock_timeout=lock_timeout,
         )
     else:
@@ -113,8 +114,5 @@ def cuda_toolkit(
         name=f"{CUDA_DEFAULT_LINK} -> CUDA {cuda_version}",
         path=installers.toolkit_path(cuda_version),
     )
-    server.shell(
-        name="Refresh the loader cache",
-        commands=["ldconfig"],
-        _if=any_changed(toolkit, environment),
-    )
+    if changes_host(toolkit) or changes_host(environment):
+        server.shell(name="Refresh the loader cache", commands=["ldconfig"])

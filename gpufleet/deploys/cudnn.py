@@ -10,6 +10,7 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from gpufleet.facts.pyinfra_internals import changes_host
 from gpufleet.operations import artifacts
 from gpufleet.operations import packages as apt
 from gpufleet.stack import catalog
@@ -42,12 +43,12 @@ def cudnn(
             cudnn_version=version,
             cuda_version=cuda_version,
         )
-        server.shell(
-            name="Refresh the loader cache", commands=["ldconfig"], _if=unpacked.did_change
-        )
+        if changes_host(unpacked):
+            server.shell(name="Refresh the loader cache", commands=["ldconfig"])
         return
+    packages = catalog.cudnn_packages(version, cuda_version)
     apt.pinned_packages(
-        name=f"cuDNN {version} for CUDA {cuda_version} (pinned, held)",
-        packages=catalog.cudnn_packages(version, cuda_version),
+        name=f"cuDNN {version} for CUDA {cuda_version} (pinned, held){apt.pin_moves(packages)}",
+        packages=packages,
         lock_timeout=lock_timeout,
     )

@@ -42,6 +42,7 @@ from gpufleet.preflight import (
 )
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog
+from gpufleet.stack.versions import version_direction
 
 logger = logging.getLogger("pyinfra")
 
@@ -69,17 +70,24 @@ class DriverChange:
         ]
         return [*(f"process {p}" for p in self.gpu_processes), *containers]
 
-    def summary(self) -> str:
+    def summary(self, pin_source: str = "") -> str:
+        """The change in one line; ``pin_source`` says where the target version comes from."""
         users = "; ".join(self.gpu_users) or "none"
         if self.module_reason is None:
             module = "no module change"
         else:
             how = "reboot" if self.reboot_needed else "module reload"
             module = f"{how} needed ({self.module_reason})"
-        return (
-            f"driver {self.current_version or 'not installed'} -> {self.target_version}; "
-            f"GPU users: {users}; {module}"
-        )
+        source = f" ({pin_source})" if pin_source else ""
+        return f"{self.version_change}{source}; GPU users: {users}; {module}"
+
+    @property
+    def version_change(self) -> str:
+        """How the version moves, e.g. "driver downgrade 470.239.06 -> 470.182.03"."""
+        current, target = self.current_version, self.target_version
+        if current is None or current == target:
+            return f"driver {current or 'not installed'} -> {target}"
+        return f"driver {version_direction(current, target)} {current} -> {target}"
 
 
 def plan_driver_change(
@@ -137,16 +145,24 @@ def refusal(change: DriverChange, drain: bool) -> str | None:
 
 
 def prepare_driver_change(
-    settings: GpuSettings, driver: catalog.DriverChoice, host_state: GpuHostStateInfo
+    settings: GpuSettings,
+    driver: catalog.DriverChoice,
+    host_state: GpuHostStateInfo,
+    pin_source: str = "",
 ) -> bool:
     """
     Log the host's pending driver change, then refuse it (the other hosts carry on) or drain
-    its GPU containers. Returns whether the deploy may go on.
+    its GPU containers. Returns whether the deploy may go on. ``pin_source`` says where the
+    pinned version comes from ("the inventory's pin"): a downgrade is then said loudly, since
+    a routine run undoing a rollout's override is what it usually means.
     """
     change = plan_driver_change(driver, host_state)
     if change is None:
         return True
-    host.log_styled(change.summary(), fg="cyan", log_func=logger.info)
+    if "downgrade" in change.version_change:
+        host.log_styled(change.summary(pin_source), fg="yellow", bold=True, log_func=logger.warning)
+    else:
+        host.log_styled(change.summary(pin_source), fg="cyan", log_func=logger.info)
     reason = refusal(change, settings.upgrade_drain)
     if reason is not None:
         refuse_host([reason])

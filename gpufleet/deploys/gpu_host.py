@@ -46,6 +46,7 @@ from gpufleet.preflight import (
     logger,
     offered_packages,
     plan_or_refusal,
+    repository_urls,
     settings_or_refusal,
     signing_files,
 )
@@ -60,7 +61,6 @@ from gpufleet.stack.daemon_json import (
     restart_refusal,
 )
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod
-from gpufleet.stack.repositories import CUDA_REPOSITORIES
 
 
 def managed_packages(settings: GpuSettings) -> list[str]:
@@ -95,15 +95,9 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         DKMS_SIGNING_PATH,
         *signing_files(settings).values(),
     ]
-    cuda_urls = (
-        [settings.nvidia_cuda_repo_url]
-        if settings.nvidia_cuda_repo_url
-        else [repository.url for repository in CUDA_REPOSITORIES.values()]
-    )
-    repository_urls = [settings.nvidia_container_repo_url, *cuda_urls]
     return {
         "packages": managed_packages(settings),
-        "repository_locations": sorted(urls.location(url) for url in repository_urls),
+        "repository_locations": sorted(urls.location(url) for url in repository_urls(settings)),
         "offered_packages": offered_packages(settings),
         "daemon_json_path": DAEMON_JSON_PATH,
         "files": sorted(files),
@@ -172,7 +166,7 @@ def gpu_host() -> None:
     to_send = artifacts_or_refusal(settings, plan, host_state)
     if to_send is None:
         return
-    if not prepare_driver_change(settings, plan.driver, host_state):
+    if not prepare_driver_change(settings, plan.driver, host_state, "the inventory's pin"):
         return
 
     cuda_repository(url=plan.repository_url, keyring=keyrings[CUDA_REPO_NAME])
@@ -206,6 +200,13 @@ def gpu_host() -> None:
         lock_timeout=settings.gpu_apt_lock_timeout,
     )
     image_archive = settings.tensorflow_image_archive_sha256
+    if settings.gpu_verify and not image_archive:
+        artifacts.pulled_image(
+            name=f"{settings.tensorflow_image} available (docker pull)",
+            image=settings.tensorflow_image,
+            timeout=settings.tensorflow_image_pull_timeout,
+            registry_mirror=settings.tensorflow_image_registry_mirror,
+        )
     if image_archive:
         artifacts.received(
             name=f"Send the {settings.tensorflow_image} archive",

@@ -29,8 +29,9 @@ def nvidia_container_toolkit(
         url=repo_url,
         keyring=keyring,
     )
+    packages = catalog.container_toolkit_packages(version)
     apt.pinned_packages(
-        name=f"nvidia-container-toolkit {version} (pinned, held)",
-        packages=catalog.container_toolkit_packages(version),
+        name=f"nvidia-container-toolkit {version} (pinned, held){apt.pin_moves(packages)}",
+        packages=packages,
         lock_timeout=lock_timeout,
     )

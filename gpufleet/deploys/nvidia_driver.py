@@ -16,11 +16,12 @@ from pyinfra.api import FunctionCommand, StringCommand, deploy, operation
 from pyinfra.api.exceptions import OperationError
 from pyinfra.operations import server
 from pyinfra.operations.systemd import daemon_reload
-from pyinfra.operations.util import any_changed
 
+from gpufleet import run_summary
 from gpufleet.facts.apt import DebPackageState
 from gpufleet.facts.gpu_host import GpuHostStateInfo
 from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
+from gpufleet.facts.pyinfra_internals import changes_host
 from gpufleet.operations import managed_files as files
 from gpufleet.operations import packages as apt
 from gpufleet.operations import units as systemd
@@ -234,6 +235,7 @@ def reboot_required(reason: str):
 
     def stop(state, host) -> bool:
         host.log_styled(message, fg="yellow", bold=True, log_func=logger.error)
+        run_summary.record_reboot_required(state, host, reason)
         return False
 
     yield FunctionCommand(stop, (), {})
@@ -301,11 +303,12 @@ def nvidia_driver(
         name="Blacklist nouveau",
         files={NOUVEAU_BLACKLIST_PATH: NOUVEAU_BLACKLIST},
     )
-    server.shell(
-        name="Rebuild the initramfs without nouveau",
-        commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
-        _if=blacklist.did_change,
-    )
+    # Decided while planning, so a dry run of a converged host shows no conditional change.
+    if changes_host(blacklist):
+        server.shell(
+            name="Rebuild the initramfs without nouveau",
+            commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
+        )
     replaced = replaced_driver_packages(host_state["packages"], driver)
     if replaced:
         # Interrupted here, the host has no driver and no hold, and the next run installs the
@@ -349,7 +352,8 @@ def nvidia_driver(
         path=PERSISTENCED_BOOT_LINK,
         target=PERSISTENCED_UNIT,
     )
-    daemon_reload(name="Reload systemd units", _if=any_changed(persistenced, boot_link))
+    if changes_host(persistenced) or changes_host(boot_link):
+        daemon_reload(name="Reload systemd units")
     # The daemons open the devices, so they start once the pinned module is the kernel's.
     activate_driver(driver=driver, reboot_allowed=reboot_allowed, host_state=host_state)
     systemd.service(name="nvidia-persistenced running", unit=PERSISTENCED_SERVICE, running=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FunctionCommand, Host, State, deploy, operation
 from pyinfra.operations import pip
 
+from gpufleet import run_summary, version
 from gpufleet.diagnosis import (
     HOST_TENSORFLOW_VERSION,
     LAYERS,
@@ -43,9 +45,11 @@ from gpufleet.facts.verify import VerificationEvidence, VerificationEvidenceInfo
 from gpufleet.operations import packages as apt
 from gpufleet.preflight import planned_driver_version, refuse_host, settings_or_refusal
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
+from gpufleet.stack import catalog
 from gpufleet.stack.catalog import HOST_TEST_PACKAGES
 from gpufleet.stack.compat import tensorflow_version_of_image
 from gpufleet.stack.hardware import PciBus, PciDevice, framework_coverage
+from gpufleet.stack.versions import upstream_version
 
 HOST_TENSORFLOW_VENV = f"/opt/gpufleet/tensorflow-{HOST_TENSORFLOW_VERSION}"
 HOST_TENSORFLOW_PYTHON = f"{HOST_TENSORFLOW_VENV}/bin/python"
@@ -75,7 +79,7 @@ def host_evidence(
     smoke_test_output = run_output(gathered["smoke_test_run"])
     evidence: HostEvidence = {
         "host": host_name,
-        "lspci": gathered["lspci"],
+        "pci_devices": gathered["pci_devices"],
         "nvidia_smi": gathered["nvidia_smi"],
         "nvidia_kernel": gathered["nvidia_kernel"],
         "nvrm_messages": gathered["nvrm_messages"],
@@ -118,11 +122,21 @@ def result_document(
     """One host's result file, as deploys/fleet_report.py reads it."""
     os_release = gathered["os_release"]
     smoke_test_run = gathered["smoke_test_run"]
+    packages = {name: state for name, state in gathered["packages"].items() if state["installed"]}
+    toolkit = packages.get("nvidia-container-toolkit")
     return {
         "host": host_name,
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "gpufleet_version": version(),
         "os": os_release.get("PRETTY_NAME") or os_release.get("ID"),
         "verdict": verdict,
-        "facts": gathered,
+        "container_toolkit_version": upstream_version(toolkit["version"]) if toolkit else None,
+        "pinned_packages": [
+            {"name": name, "version": state["version"], "held": state["held"]}
+            for name, state in sorted(packages.items())
+        ],
+        # The loader cache's hundreds of lines stay out: the checks record the paths they used.
+        "facts": {name: value for name, value in gathered.items() if name != "ldconfig"},
         "smoke_test": evidence.get("smoke_test"),
         # The run's wall time: on a JIT-only GPU the first start compiles the kernels.
         "smoke_test_seconds": smoke_test_run.get("seconds") if smoke_test_run else None,
@@ -163,6 +177,7 @@ def fail_host(state: State, host: Host, summary: str) -> bool:
     an exception raised in the operation would stop the run for the whole fleet.
     """
     logger.error(summary)
+    run_summary.record_failure(state, host, summary.split(": ", 1)[-1])
     return False
 
 
@@ -173,6 +188,7 @@ def verified(
     smoke_test: bool = True,
     host_python: str | None = None,
     fail_broken: bool = True,
+    pinned_packages: tuple[str, ...] = (),
 ):
     """
     Verify the host layer by layer and write its result to ``results_dir``.
@@ -182,6 +198,8 @@ def verified(
     + smoke_test: run the TensorFlow smoke test (the framework layer) in the image
     + host_python: also run it with this interpreter on the host
     + fail_broken: fail a broken host (False: report it only, as an audit does)
+    + pinned_packages: the packages (dpkg-query patterns) whose versions and holds the result
+      records
 
     The evidence is gathered when the operation runs, after the installs before it; a dry run
     only says what would be verified.
@@ -197,6 +215,7 @@ def verified(
         smoke_test=smoke_test,
         expected_gpus=expectations.expected_gpu_count or 0,
         host_python=host_python,
+        packages=pinned_packages,
     )
     evidence = host_evidence(host.name, gathered, host_test=host_python is not None)
     verdict = diagnose(evidence, expectations)
@@ -262,6 +281,17 @@ def verify_host(
         smoke_test=smoke_test,
         host_python=host_python,
         fail_broken=fail_broken,
+        pinned_packages=pinned_package_names(settings),
+    )
+
+
+def pinned_package_names(settings: GpuSettings) -> tuple[str, ...]:
+    """Every package gpufleet pins, every driver branch's, as dpkg-query patterns."""
+    return (
+        *catalog.DRIVER_PACKAGE_PATTERNS,
+        *catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version),
+        *catalog.CUDNN_PACKAGES,
+        *catalog.CONTAINER_TOOLKIT_PACKAGES,
     )
 
 

@@ -71,6 +71,15 @@ KNOWN_FAILURES = (
         "reboot (the module must be built for the running kernel)",
     ),
     KnownFailure(
+        # docker run with the image absent and no pull: "docker: Error response from daemon:
+        # No such image: NAME:TAG." (balena-io/balena-cli#2159).
+        re.compile(r"No such image: (\S+?)\.?(?:\s|$)"),
+        "image not available on the host: {0}",
+        "gpu_host pulls tensorflow_image before verifying (tensorflow_image_registry_mirror for "
+        "a registry mirror), or loads it from tensorflow_image_archive_url on hosts that cannot "
+        "pull",
+    ),
+    KnownFailure(
         # nvidia-smi's answer when the module loaded but initialised no GPU (nvidia-smi(1)).
         re.compile(r"^No devices were found", re.MULTILINE),
         "the NVIDIA driver initialised no GPU: a GPU on the bus that driver {driver} does not "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gpufleet.diagnosis.catalog import DRIVER_LIBRARY_MISMATCH, RERUN, explain
 from gpufleet.diagnosis.checks import Check, failed, ok, outcome
 from gpufleet.diagnosis.evidence import Expectations, HostEvidence, version_tuple
-from gpufleet.diagnosis.hardware import nvidia_gpus_on_pci_bus
+from gpufleet.diagnosis.hardware import gpus_on_pci_bus
 
 
 def check_driver(evidence: HostEvidence, expectations: Expectations) -> list[Check]:
@@ -61,8 +61,7 @@ def check_driver(evidence: HostEvidence, expectations: Expectations) -> list[Che
         )
     )
     listed = len(nvidia_smi["gpus"])
-    lspci = evidence.get("lspci")
-    on_bus = len(nvidia_gpus_on_pci_bus(lspci)) if lspci is not None else None
+    on_bus = gpus_on_pci_bus(evidence)
     wanted = on_bus if on_bus is not None else expectations.expected_gpu_count
     checks.append(
         outcome(

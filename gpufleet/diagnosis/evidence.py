@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the facts modules import pyinfra; only their shapes are nee
     from gpufleet.facts.cuda import CudaToolkitsInfo
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
+    from gpufleet.stack.hardware import PciDevice
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class HostEvidence(TypedDict, total=False):
     """
 
     host: Required[str]
-    lspci: list[str] | None  # `lspci -nn` lines
+    pci_devices: list[PciDevice] | None  # NVIDIA's devices on the PCI bus (lspci or sysfs)
     nvidia_smi: NvidiaSmiInfo | None
     nvidia_kernel: NvidiaKernelInfo | None
     nvrm_messages: list[str]  # the kernel log's "NVRM:" lines

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
-
 from gpufleet.diagnosis.checks import Check, outcome, unverified
 from gpufleet.diagnosis.evidence import Expectations, HostEvidence
+from gpufleet.stack.hardware import PciBus
 
-NVIDIA_PCI_VENDOR = "10de"
 
-
-def nvidia_gpus_on_pci_bus(lspci: Sequence[str]) -> list[str]:
-    """The `lspci -nn` (or `lspci -n`) lines of NVIDIA display controllers (class 03xx).
-
-    The audio, USB and NVSwitch functions NVIDIA boards also expose are other classes.
-    """
-    gpus = []
-    for line in lspci:
-        device_class = re.search(r"\[(03[0-9a-f]{2})\]:|^\S+ (03[0-9a-f]{2}):", line)
-        if device_class and re.search(rf"\b{NVIDIA_PCI_VENDOR}:[0-9a-f]{{4}}\b", line):
-            gpus.append(line.strip())
-    return gpus
+def gpus_on_pci_bus(evidence: HostEvidence) -> int | None:
+    """The NVIDIA GPUs on the host's PCI bus (lspci, or sysfs without pciutils); None when the
+    bus was not read. The audio, USB and NVSwitch functions of NVIDIA boards are not GPUs."""
+    devices = evidence.get("pci_devices")
+    return None if devices is None else len(PciBus.from_devices(devices).gpus)
 
 
 def expected_count_text(expectations: Expectations) -> str:
@@ -36,17 +26,16 @@ def count_matches(seen: int, expectations: Expectations) -> bool:
 
 def check_hardware(evidence: HostEvidence, expectations: Expectations) -> list[Check]:
     name = "NVIDIA GPUs on the PCI bus"
-    lspci = evidence.get("lspci")
-    if lspci is None:
-        return [unverified(name, "lspci not available (install pciutils)")]
-    gpus = nvidia_gpus_on_pci_bus(lspci)
+    seen = gpus_on_pci_bus(evidence)
+    if seen is None:
+        return [unverified(name, "the PCI bus was not read")]
     expected = expected_count_text(expectations)
     return [
         outcome(
             name,
-            count_matches(len(gpus), expectations),
-            f"{len(gpus)} (expected {expected})",
-            f"{len(gpus)} NVIDIA GPU(s) on the PCI bus, expected {expected}",
+            count_matches(seen, expectations),
+            f"{seen} (expected {expected})",
+            f"{seen} NVIDIA GPU(s) on the PCI bus, expected {expected}",
             "check the cards are seated and powered and enabled in the BIOS, or fix the "
             "inventory's expected GPU count",
         )
@@ -54,9 +43,9 @@ def check_hardware(evidence: HostEvidence, expectations: Expectations) -> list[C
 
 
 def host_gpu_count(evidence: HostEvidence) -> int | None:
-    """GPUs the host has: from lspci when known, else from nvidia-smi."""
-    lspci = evidence.get("lspci")
-    if lspci is not None:
-        return len(nvidia_gpus_on_pci_bus(lspci))
+    """GPUs the host has: from the PCI bus when read, else from nvidia-smi."""
+    seen = gpus_on_pci_bus(evidence)
+    if seen is not None:
+        return seen
     nvidia_smi = evidence.get("nvidia_smi")
     return len(nvidia_smi["gpus"]) if nvidia_smi else None

@@ -9,6 +9,7 @@ from typing import TypedDict
 
 from pyinfra.api import FactBase
 
+from gpufleet.facts.arguments import require_lists
 from gpufleet.stack.compat import AptOffer
 
 
@@ -51,6 +52,7 @@ class DebPackageStates(FactBase[dict[str, DebPackageState]]):
     default = dict
 
     def command(self, packages: list[str]) -> str:
+        require_lists(self, packages=packages)
         if not packages:
             # dpkg-query -W without names would list every package.
             return "true"
@@ -114,6 +116,7 @@ class AptSourceFiles(FactBase[dict[str, list[str]]]):
     default = dict
 
     def command(self, locations: list[str]) -> str:
+        require_lists(self, locations=locations)
         return "; ".join(
             [
                 f"echo {shlex.quote('@@' + location)}; "
@@ -156,6 +159,7 @@ class AptOffers(FactBase[dict[str, list[AptOffer]]]):
     default = dict
 
     def command(self, packages: list[str]) -> str:
+        require_lists(self, packages=packages)
         if not packages:
             return "true"
         names = " ".join(shlex.quote(package) for package in packages)

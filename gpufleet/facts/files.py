@@ -9,6 +9,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from gpufleet.facts.arguments import require_lists
+
 
 class FileDigests(FactBase[dict[str, str]]):
     """
@@ -20,6 +22,7 @@ class FileDigests(FactBase[dict[str, str]]):
     """
 
     def command(self, paths: list[str]) -> str:
+        require_lists(self, paths=paths)
         if not paths:
             # sha256sum without names would digest its stdin.
             return "true"
@@ -53,6 +56,7 @@ class SymlinkTargets(FactBase[dict[str, str | None]]):
     default = dict
 
     def command(self, paths: list[str]) -> str:
+        require_lists(self, paths=paths)
         quoted = " ".join(shlex.quote(path) for path in paths)
         return (
             f"for path in {quoted}; do "

@@ -22,6 +22,7 @@ from gpufleet.facts.apt import (
     DebPackageStates,
     HeldPackages,
 )
+from gpufleet.facts.arguments import require_lists
 from gpufleet.facts.cuda import CudaToolkits, CudaToolkitsInfo, ToolkitFiles, ToolkitFilesInfo
 from gpufleet.facts.cudnn import CudnnVersion
 from gpufleet.facts.docker import (
@@ -270,6 +271,16 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
         image: str = "",
         artifact_folder: str = "",
     ) -> str:
+        # Checked here: section_arguments' list() would split a string before the sections see it.
+        require_lists(
+            self,
+            packages=packages,
+            repository_locations=repository_locations,
+            offered_packages=offered_packages,
+            files=files,
+            symlinks=symlinks,
+            units=units,
+        )
         return combined_command(
             section_commands(
                 packages=packages,

@@ -15,12 +15,14 @@ pyinfra offers no public way to ask whether an earlier operation of this run cha
 - ``OperationMeta.is_complete()`` and ``OperationMeta.executed``: the operation has run (failed
   or not) and ran at least one command; ``OperationMeta.will_change``: what a planned operation
   would do (a `--dry` run never completes it);
-- ``sys.argv``: whether the CLI was started with ``--dry``.
+- ``sys.argv``: whether pyinfra's CLI runs the deploy, and whether with ``--dry``;
+- ``OperationMeta._combined_output``: what a run operation printed (the run summary's causes).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from pyinfra.api import Host, State
 from pyinfra.api.operation import OperationMeta
@@ -56,3 +58,27 @@ def dry_run() -> bool:
     command line, so work a dry run must not do (fetching gigabytes of artifacts) is skipped.
     """
     return "--dry" in sys.argv[1:]
+
+
+def host_operations(state: State, host: Host) -> list[tuple[str, OperationMeta]]:
+    """The host's operations in the order they run there: (name, meta)."""
+    operations = []
+    for op_hash in host.op_hash_order:
+        operation = state.ops[host].get(op_hash)
+        if operation is not None:
+            name = ", ".join(sorted(state.get_op_meta(op_hash).names)) or op_hash
+            operations.append((name, operation.operation_meta))
+    return operations
+
+
+def operation_output(meta: object) -> list[str]:
+    """The lines a run operation printed, stdout and stderr in order (none before it ran)."""
+    output = getattr(meta, "_combined_output", None)
+    return [line.line for line in output.combined_lines] if output is not None else []
+
+
+def in_pyinfra_cli() -> bool:
+    """Whether pyinfra's command line runs this process (`pyinfra ...`, `python -m pyinfra`),
+    not a test or a program driving pyinfra's API."""
+    program = Path(sys.argv[0])
+    return program.name == "pyinfra" or program.parent.name in ("pyinfra", "pyinfra_cli")

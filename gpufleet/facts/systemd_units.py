@@ -9,6 +9,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
+from gpufleet.facts.arguments import require_lists
+
 
 def parse_unit_commands(output: list[str]) -> dict[str, str]:
     """``<unit>\\t<command line>`` lines -> unit: command line."""
@@ -29,6 +31,7 @@ class UnitMainCommands(FactBase[dict[str, str]]):
     default = dict
 
     def command(self, units: list[str]) -> str:
+        require_lists(self, units=units)
         if not units:
             return "true"
         names = " ".join(shlex.quote(unit) for unit in units)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, TypedDict, cast
 
@@ -19,13 +20,12 @@ from gpufleet.facts.nvidia import NvrmMessages
 
 if TYPE_CHECKING:
     from gpufleet.diagnosis import CommandRun
+    from gpufleet.facts.apt import DebPackageState
     from gpufleet.facts.cuda import CudaToolkitsInfo
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
     from gpufleet.stack.hardware import PciDevice
 
-# The first line of an installed lspci's answer, so "no PCI devices" differs from "no lspci".
-LSPCI_MARKER = "@@gpufleet:lspci"
 # A command run's section starts with what was run and ends with its exit status.
 RUN_MARKER = "@@gpufleet:run:"
 EXIT_MARKER = "@@gpufleet:exit="
@@ -36,25 +36,6 @@ HEREDOC_DELIMITER = "GPUFLEET_SMOKE_TEST_EOF"
 # The smoke test gpufleet ships; standard library, tensorflow and numpy only.
 # Package data, so it is found the same from the checkout and from an installed wheel.
 SMOKE_TEST_SCRIPT = resources.files("gpufleet.remote").joinpath("tf_smoke_test.py")
-
-
-def parse_lspci(output: list[str]) -> list[str] | None:
-    """``lspci -nn`` lines after LSPCI_MARKER; None without the marker (lspci not installed)."""
-    if not output or output[0] != LSPCI_MARKER:
-        return None
-    return [line for line in output[1:] if line.strip()]
-
-
-class LspciDevices(FactBase[list[str] | None]):
-    """
-    Returns the ``lspci -nn`` lines of every PCI device, or None when pciutils is not installed.
-    """
-
-    def command(self) -> str:
-        return f"if command -v lspci >/dev/null 2>&1; then echo {LSPCI_MARKER}; lspci -nn; fi"
-
-    def process(self, output: list[str]) -> list[str] | None:
-        return parse_lspci(output)
 
 
 class LoaderCache(FactBase[list[str] | None]):
@@ -113,9 +94,14 @@ def parse_command_run(output: list[str]) -> CommandRun | None:
     }
 
 
+# Verification never pulls: a missing image is its own cause ("No such image"), and gpu_host
+# pulls it as a step of its own beforehand.
+DOCKER_RUN = ["docker", "run", "--rm", "--pull", "never"]
+
+
 def container_gpus_command(image: str) -> str:
     """The container check: does a ``--gpus all`` container see the host's GPUs?"""
-    return f"docker run --rm --gpus all {shlex.quote(image)} nvidia-smi -L"
+    return shlex.join([*DOCKER_RUN, "--gpus", "all", image, "nvidia-smi", "-L"])
 
 
 def smoke_test_command(python: list[str], expected_gpus: int) -> str:
@@ -124,7 +110,7 @@ def smoke_test_command(python: list[str], expected_gpus: int) -> str:
 
 
 def container_smoke_test_command(image: str, expected_gpus: int) -> str:
-    python = ["docker", "run", "--rm", "-i", "--gpus", "all", image, "python3"]
+    python = [*DOCKER_RUN, "-i", "--gpus", "all", image, "python3"]
     return smoke_test_command(python, expected_gpus)
 
 
@@ -134,11 +120,11 @@ def with_docker(command: str) -> str:
 
 class VerificationEvidenceInfo(TypedDict):
     os_release: dict[str, str]
-    lspci: list[str] | None
     nvidia_smi: NvidiaSmiInfo | None
     nvidia_kernel: NvidiaKernelInfo
     nvrm_messages: list[str]
     pci_devices: list[PciDevice]
+    packages: dict[str, DebPackageState]
     cuda: CudaToolkitsInfo
     cudnn_version: str | None
     ldconfig: list[str] | None
@@ -151,7 +137,6 @@ class VerificationEvidenceInfo(TypedDict):
 # Sections gathered and parsed by a fact; the container runs are parsed by parse_command_run.
 EVIDENCE_FACTS: dict[str, FactBase] = {
     "os_release": SECTION_FACTS["os_release"],
-    "lspci": LspciDevices(),
     "nvidia_smi": SECTION_FACTS["nvidia_smi"],
     "nvidia_kernel": SECTION_FACTS["nvidia_kernel"],
     "nvrm_messages": NvrmMessages(),
@@ -161,13 +146,20 @@ EVIDENCE_FACTS: dict[str, FactBase] = {
     "ldconfig": LoaderCache(),
     "docker_info": SECTION_FACTS["docker_info"],
 }
+# The pinned packages' versions and holds (DebPackageStates, with the packages as arguments).
+PACKAGE_STATES = SECTION_FACTS["packages"]
 COMMAND_RUNS = ("container_gpu_run", "smoke_test_run", "host_smoke_test_run")
 
 
 def evidence_sections(
-    image: str, smoke_test: bool, expected_gpus: int, host_python: str | None
+    image: str,
+    smoke_test: bool,
+    expected_gpus: int,
+    host_python: str | None,
+    packages: Sequence[str],
 ) -> str:
     sections = {name: str(fact.command()) for name, fact in EVIDENCE_FACTS.items()}
+    sections["packages"] = str(PACKAGE_STATES.command(packages=list(packages)))
     container_gpus = container_gpus_command(image)
     sections["container_gpu_run"] = with_docker(command_run_script(container_gpus))
     script = SMOKE_TEST_SCRIPT.read_text(encoding="utf-8")
@@ -191,6 +183,7 @@ def parse_verification_evidence(output: list[str]) -> VerificationEvidenceInfo:
     evidence = {
         name: fact_value(fact, sections.get(name, [])) for name, fact in EVIDENCE_FACTS.items()
     }
+    evidence["packages"] = fact_value(PACKAGE_STATES, sections.get("packages", []))
     for name in COMMAND_RUNS:
         evidence[name] = parse_command_run(sections.get(name, []))
     return cast(VerificationEvidenceInfo, evidence)
@@ -198,9 +191,10 @@ def parse_verification_evidence(output: list[str]) -> VerificationEvidenceInfo:
 
 class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
     """
-    Returns, in one round trip, what verification needs: os_release, lspci, nvidia_smi,
+    Returns, in one round trip, what verification needs: os_release, pci_devices, nvidia_smi,
     nvidia_kernel, cuda, cudnn_version, ldconfig, docker_info, and the runs (command, exit status,
-    output) of ``docker run --rm --gpus all IMAGE nvidia-smi -L``, with ``smoke_test`` of the
+    output) of ``docker run --rm --pull never --gpus all IMAGE nvidia-smi -L``, the states of
+    ``packages`` (versions, holds), with ``smoke_test`` of the
     TensorFlow smoke test in IMAGE expecting ``expected_gpus`` (0: at least one), and with
     ``host_python`` of the smoke test run by that interpreter on the host (when it exists). Reads
     only; the containers are removed when they exit.
@@ -216,8 +210,9 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
         smoke_test: bool = True,
         expected_gpus: int = 0,
         host_python: str | None = None,
+        packages: Sequence[str] = (),
     ) -> str:
-        return evidence_sections(image, smoke_test, expected_gpus, host_python)
+        return evidence_sections(image, smoke_test, expected_gpus, host_python, packages)
 
     def process(self, output: list[str]) -> VerificationEvidenceInfo:
         return parse_verification_evidence(output)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 
 from gpufleet.facts import snapshot
 from gpufleet.facts.cuda import CudaToolkits, ToolkitFiles
@@ -146,3 +146,24 @@ def loaded_image(image: str, sha256: str):
         f"docker image inspect {quoted} >/dev/null 2>&1 || "
         f'{{ echo "{archive} does not hold the image "{quoted} >&2; exit 1; }}'
     )
+
+
+@operation()
+def pulled_image(image: str, timeout: int, registry_mirror: str | None = None):
+    """
+    ``image`` pulled where docker does not have it: a step of its own, so an unreachable
+    registry is named here (verification never pulls).
+
+    + image: the reference, e.g. tensorflow/tensorflow:2.9.0-gpu
+    + timeout: seconds the pull may take before it is stopped
+    + registry_mirror: pull ``<registry_mirror>/<image>`` instead (host[:port][/path]) and tag
+      it as ``image``
+    """
+    if snapshot.current(DockerImageId, image=image):
+        host.noop(f"docker has {image}")
+        return
+    source = f"{registry_mirror}/{image}" if registry_mirror else image
+    # --quiet: one line per layer would drown the log; docker's error stays on stderr.
+    yield StringCommand("timeout", str(timeout), "docker", "pull", "--quiet", QuoteString(source))
+    if registry_mirror:
+        yield StringCommand("docker", "tag", QuoteString(source), QuoteString(image))

@@ -19,6 +19,7 @@ from gpufleet.facts import snapshot
 from gpufleet.facts.apt import AptSourceFiles, DebPackageState, DebPackageStates
 from gpufleet.operations.managed_files import upload_changed
 from gpufleet.stack import urls
+from gpufleet.stack.versions import pattern_upstream, upstream_version, version_move
 
 KEYRING_DIR = "/etc/apt/keyrings"
 SOURCES_DIR = "/etc/apt/sources.list.d"
@@ -188,6 +189,25 @@ def version_satisfied(state: DebPackageState | None, version_pattern: str | None
 
 def package_spec(name: str, version_pattern: str | None) -> str:
     return shlex.quote(name if version_pattern is None else f"{name}={version_pattern}")
+
+
+def pin_moves(packages: dict[str, str | None]) -> str:
+    """
+    How the pins move the installed packages, for an operation's name while planning (a dry run
+    shows it): ": 8.1.1.33 -> 8.1.0.77 (downgrade)", or "" when nothing installed moves.
+    """
+    states = snapshot.current(DebPackageStates, packages=sorted(packages))
+    moves = sorted(
+        {
+            version_move(upstream_version(state["version"]), pattern_upstream(pattern))
+            for name, pattern in packages.items()
+            if pattern is not None
+            and (state := states.get(name)) is not None
+            and state["installed"]
+            and not fnmatchcase(state["version"], pattern)
+        }
+    )
+    return f": {', '.join(moves)}" if moves else ""
 
 
 @operation()

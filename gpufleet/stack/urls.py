@@ -100,6 +100,14 @@ def without_credentials(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+_URL_IN_TEXT = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it redacted (a tool's message quoting a URL)."""
+    return _URL_IN_TEXT.sub(lambda match: redact(match.group()), text)
+
+
 def location(url: str) -> str:
     """``host[:port]/path`` of a URL, without scheme, credentials or trailing slash."""
     parts = urlsplit(url)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from packaging.version import InvalidVersion, Version
+
 
 def major_minor(version: str) -> str:
     """``11.2.2`` -> ``11.2``: the release series."""
@@ -16,6 +18,25 @@ def major_minor(version: str) -> str:
 def upstream_version(debian_version: str) -> str:
     """``470.182.03-1`` -> ``470.182.03`` (epoch and Debian revision dropped)."""
     return debian_version.split(":")[-1].rsplit("-", 1)[0]
+
+
+def pattern_upstream(version_pattern: str) -> str:
+    """``8.1.0.77-*+cuda11.2`` -> ``8.1.0.77``: the upstream version an apt pattern pins."""
+    return version_pattern.split("-", 1)[0]
+
+
+def version_direction(current: str, target: str) -> str:
+    """Which way going from ``current`` to ``target`` is: upgrade, downgrade or (unparsable)
+    change."""
+    try:
+        return "downgrade" if Version(target) < Version(current) else "upgrade"
+    except InvalidVersion:
+        return "change"
+
+
+def version_move(installed: str, wanted: str) -> str:
+    """``8.1.1.33 -> 8.1.0.77 (downgrade)``: how a pin moves an installed upstream version."""
+    return f"{installed} -> {wanted} ({version_direction(installed, wanted)})"
 
 
 def any_revision(version: str) -> str:

@@ -24,6 +24,7 @@ from testbed.runs import (
     run_deploy,
     wait_for_package_transaction,
 )
+from testbed.standin_gpus import TESLA_V100, present_gpus, standin_config
 from tests.e2e.test_gpu_host_deploy import SNAPSHOT, TEST_IMAGE, assert_converged, ssh_ok
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,9 @@ OLD, NEW = "470.182.03", "470.239.06"
 STANDIN_CONFIG = "/etc/nvidia-standin/gpus.json"
 # One package of every driver, whatever its packages: the compute library.
 HELD_DRIVER = "apt-mark showhold | grep -c '^libnvidia-compute-' || true"
+# The rollout's report, a line per group: "done (2): 10.0.0.2, 10.0.0.3".
+UNVERIFIED = "upgraded, verification failed"
+ROLLOUT_GROUPS = ("done", UNVERIFIED, "failed", "not reached")
 
 
 def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Path:
@@ -56,7 +60,7 @@ def rollout_command(fleet: Fleet, inventory: Path, *options: str) -> list[str]:
 
 
 def roll_out(fleet: Fleet, inventory: Path, *options: str) -> tuple[dict[str, list[str]], str]:
-    """Run the rollout; return its groups (done, failed, not reached) and its whole output."""
+    """Run the rollout; return its groups (ROLLOUT_GROUPS) and its whole output."""
     process = subprocess.run(
         rollout_command(fleet, inventory, *options),
         cwd=REPO_ROOT,
@@ -69,11 +73,19 @@ def roll_out(fleet: Fleet, inventory: Path, *options: str) -> tuple[dict[str, li
     for line in process.stdout.splitlines():
         name, _, hosts = line.partition(": ")
         group = name.rsplit(" (", 1)[0]
-        if group in ("done", "failed", "not reached"):
+        if group in ROLLOUT_GROUPS:
             groups[group] = [] if hosts == "-" else hosts.split(", ")
-    assert set(groups) == {"done", "failed", "not reached"}, process.stdout + process.stderr
-    assert process.returncode == (1 if groups["failed"] else 0)
+    assert set(groups) == set(ROLLOUT_GROUPS), process.stdout + process.stderr
+    assert process.returncode == (1 if groups["failed"] + groups[UNVERIFIED] else 0)
     return groups, process.stdout + process.stderr
+
+
+def pin_warning(names: list[str]) -> str:
+    """The rollout's warning that the inventory would take ``names`` back to OLD."""
+    return (
+        f"warning: the inventory still pins nvidia_driver_version = {OLD} for {', '.join(names)}: "
+        "the next gpu_host run would downgrade them; update the inventory"
+    )
 
 
 def addresses(hosts: list[TestHost]) -> list[str]:
@@ -96,7 +108,10 @@ def container_running(fleet: Fleet, host: TestHost, name: str) -> bool:
 
 
 def converged(fleet: Fleet, repo: RepoTree, cache_dir: Path, tmp_path: Path) -> Path:
-    """Converge the fleet on the old driver, import the test image; return that inventory."""
+    """Put a V100 on each host's stand-in bus, converge the fleet on the old driver, import the
+    test image; return that inventory."""
+    for host in fleet.hosts:
+        present_gpus(fleet, host, [TESLA_V100])
     bare = write_inventory(fleet, tmp_path / "bare.py", repo, gpu_verify=False)
     assert_converged(run_deploy(fleet, bare))
     # python3: the stand-in nvidia-smi the runtime mounts into containers is a Python script.
@@ -117,6 +132,8 @@ def start_gpu_job(fleet: Fleet, host: TestHost) -> None:
 
 
 def set_standin(fleet: Fleet, host: TestHost, config: dict[str, Any]) -> None:
+    """The stand-ins' processes and forced modes, on the V100 converged() presented."""
+    config = {**standin_config([TESLA_V100]), **config}
     ssh_ok(fleet, host, f"mkdir -p /etc/nvidia-standin && echo '{json.dumps(config)}' > "
                         f"{STANDIN_CONFIG}")  # fmt: skip
 
@@ -130,19 +147,33 @@ def test_rolling_upgrade_refuses_busy_hosts_stops_at_a_failed_batch_and_rolls_ba
     old = converged(fleet, repo_tree, cache_dir, tmp_path)
     start_gpu_job(fleet, hosts[1])
     before = {host.name: ssh_ok(fleet, host, SNAPSHOT) for host in hosts}
-    new = write_inventory(fleet, tmp_path / "new.py", repo_tree, nvidia_driver_version=NEW)
+    # The inventories keep OLD: NEW is the rollout's override.
+    to_new = ("--driver-version", NEW)
 
     dry = subprocess.run(
-        rollout_command(fleet, new, "--dry"), cwd=REPO_ROOT, capture_output=True, text=True
+        rollout_command(fleet, old, *to_new, "--dry"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
     )
     listing = dry.stdout + dry.stderr
-    assert f"driver {OLD} -> {NEW}; GPU users: none; reboot needed" in listing, listing
+    assert dry.stdout.startswith(
+        f"batch 1/3: {', '.join(names[:2])}\nbatch 2/3: {', '.join(names[2:4])}\n"
+    ), listing
+    assert f"driver upgrade {OLD} -> {NEW}; GPU users: none; reboot needed" in listing, listing
     assert "GPU users: process " in listing and "(container gpu-job)" in listing
     assert all(ssh_ok(fleet, host, SNAPSHOT) == before[host.name] for host in hosts)
 
     # Busy host in the first batch: refused, the batch fails, nothing further is touched.
-    groups, output = roll_out(fleet, new)
-    assert groups == {"done": names[:1], "failed": names[1:2], "not reached": names[2:]}
+    groups, output = roll_out(fleet, old, *to_new)
+    assert groups == {
+        "done": names[:1],
+        UNVERIFIED: [],
+        "failed": names[1:2],
+        "not reached": names[2:],
+    }
+    assert f"batch 1/3: failed ({names[1]})" in output
+    assert pin_warning(names[:1]) in output
     assert "refusing to change the driver, the GPUs are in use" in output
     assert "container gpu-job" in output and "container web" not in output
     assert running_driver(fleet, hosts[0]) == NEW
@@ -153,11 +184,15 @@ def test_rolling_upgrade_refuses_busy_hosts_stops_at_a_failed_batch_and_rolls_ba
     # With drain the GPU container (only it) is stopped; host 3's driver does not come up, so
     # its verification fails and the rollout stops after its batch.
     set_standin(fleet, hosts[3], {"mode": "no-driver"})
-    drain = write_inventory(
-        fleet, tmp_path / "drain.py", repo_tree, nvidia_driver_version=NEW, upgrade_drain=True
-    )
-    groups, output = roll_out(fleet, drain)
-    assert groups == {"done": names[:3], "failed": names[3:4], "not reached": names[4:]}
+    drain = write_inventory(fleet, tmp_path / "drain.py", repo_tree, upgrade_drain=True)
+    groups, output = roll_out(fleet, drain, *to_new)
+    assert groups == {
+        "done": names[:3],
+        UNVERIFIED: names[3:4],
+        "failed": [],
+        "not reached": names[4:],
+    }
+    assert pin_warning(names[:4]) in output
     assert "Drain: stop the containers using the GPUs (gpu-job)" in output
     assert not container_running(fleet, hosts[1], "gpu-job")
     assert container_running(fleet, hosts[1], "web")
@@ -170,20 +205,23 @@ def test_rolling_upgrade_refuses_busy_hosts_stops_at_a_failed_batch_and_rolls_ba
 
     # Killed while dpkg changes host 4's driver: still held there; the next run finishes.
     controller = subprocess.Popen(
-        rollout_command(fleet, drain), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        rollout_command(fleet, drain, *to_new), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     kill_while_running(fleet, hosts[4], controller, "dkms")
     wait_for_package_transaction(fleet, hosts[4])
     assert ssh_ok(fleet, hosts[4], HELD_DRIVER).strip() == "1"
-    groups, _ = roll_out(fleet, drain)
-    assert groups == {"done": names, "failed": [], "not reached": []}
+    groups, output = roll_out(fleet, drain, *to_new)
+    assert groups == {"done": names, UNVERIFIED: [], "failed": [], "not reached": []}
+    assert pin_warning(names) in output
     assert [running_driver(fleet, host) for host in hosts] == [NEW] * 6
     assert all(installed_driver(fleet, host).startswith(NEW) for host in hosts)
 
-    # A bad release is rolled back by the same command with the older pin.
-    groups, _ = roll_out(fleet, old, "--batch-size", "3")
-    assert groups == {"done": names, "failed": [], "not reached": []}
+    # A bad release is rolled back by rolling out the inventory's older pin.
+    groups, output = roll_out(fleet, old, "--batch-size", "3")
+    assert groups == {"done": names, UNVERIFIED: [], "failed": [], "not reached": []}
+    assert f"driver downgrade {NEW} -> {OLD}; GPU users: none" in output
+    assert "the inventory still pins" not in output
     assert [running_driver(fleet, host) for host in hosts] == [OLD] * 6
     assert all(ssh_ok(fleet, host, HELD_DRIVER).strip() == "1" for host in hosts)
 

@@ -124,6 +124,13 @@ def test_bare_host_converges_then_changes_nothing(
     sent = second.commands_sent()
     assert 0 < sent[host.address] <= NO_OP_RUN_MAX_COMMANDS, sent
     assert docker_started(fleet, host) == started
+    # A dry run of the converged host shows no change, conditional ones included.
+    dry = run_deploy(fleet, path, "--dry")
+    assert dry.returncode == 0, dry.output[-4000:]
+    plan = json.loads(dry.process.stdout)["plan"]
+    assert [op["name"] for op in plan if op["hosts_with_change"]] == []
+    assert [op["name"] for op in plan if op["hosts_with_conditional_change"]] == []
+    assert f"{host.address}  PLANNED" in dry.output
 
     import_image(fleet, host, build_image_tarball("debian12", cache_dir, []), TEST_IMAGE)
     run_spec_suite(fleet, host, data, tmp_path)
@@ -249,14 +256,34 @@ def test_fleet_of_eight_converges_around_one_broken_host(
     broken = fleet.hosts[3]
     # Its CUDA mirror is a port nothing listens on: apt cannot reach the repository.
     unreachable = {"nvidia_cuda_repo_url": f"http://{REPO_HOST}:8099/cuda/repos/ubuntu2004/x86_64/"}
-    path = inventory(fleet, tmp_path, repo_tree, host_data={broken.name: unreachable})
+    results = tmp_path / "results"
+    path = inventory(
+        fleet,
+        tmp_path,
+        repo_tree,
+        {"gpu_results_dir": str(results)},
+        host_data={broken.name: unreachable},
+    )
 
     run = run_deploy(fleet, path)
     assert run.returncode != 0
     assert run.results is not None, run.output[-4000:]
     assert run.results["failed_hosts"] == [broken.address]
-    assert broken.address in run.output
     healthy = [host for host in fleet.hosts if host.name != broken.name]
+    # The run ends with one line per host; the broken one's cause is apt's warning about the
+    # mirror it could not reach, not the package it then could not find.
+    summary = run.output.split("--> gpufleet summary\n", 1)[1].splitlines()
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in summary if line[:1].isdigit()}
+    assert {host.address: lines[host.address][0] for host in healthy} == dict.fromkeys(
+        [host.address for host in healthy], "CHANGED"
+    )
+    outcome, cause = lines[broken.address]
+    assert outcome == "FAILED"
+    assert cause.startswith("W: Failed to fetch http://") and ":8099/cuda/repos/" in cause, cause
+    [written] = results.glob("run-*.json")
+    document = json.loads(written.read_text())
+    outcomes = {entry["host"]: entry["outcome"] for entry in document["hosts"]}
+    assert outcomes[broken.address] == "FAILED" and len(outcomes) == 8
     for host in healthy:
         versions = ssh_ok(
             fleet, host, "nvidia-smi --query-gpu=driver_version --format=csv,noheader"

@@ -1,8 +1,10 @@
 """
 deploys/verify.py and deploys/audit.py end to end on a converged test host, with a real docker
 container (Debian 12, python3, CPU-only TensorFlow) started with --gpus all through the stand-in
-NVIDIA container runtime. The host has no GPU, so the framework layer fails for that honest
-reason; the layers below it are checked on the stand-in driver, CUDA and cuDNN.
+NVIDIA container runtime. The host presents a stand-in Tesla T4 on its PCI bus
+(testbed/standin_gpus.py) and the TensorFlow in the image is a CPU-only build, so the framework
+layer fails for that honest reason; the layers below it are checked on the stand-in driver, CUDA
+and cuDNN.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from testbed.fleet import FleetFactory, TestHost
 from testbed.images import build_tensorflow_image_tarball, import_image
 from testbed.repos import RepoTree
 from testbed.runs import DeployRun, repo_data, run_deploy
+from testbed.standin_gpus import TESLA_T4, present_gpus
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +56,7 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
 ) -> None:
     fleet = fleet_factory(count=1)
     (host,) = fleet.hosts
+    present_gpus(fleet, host, [TESLA_T4])
     results = tmp_path / "results"
     data = {
         **repo_data(repo_tree, fleet.os_release),
@@ -63,7 +67,8 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
     inventory = fleet.write_inventory(tmp_path / "inventory.py", {**data, "gpu_verify": False})
     converged = run_deploy(fleet, inventory)
     assert converged.returncode == 0, converged.output[-6000:]
-    assert not results.exists()
+    # gpu_verify false: no verification result, only the run's summary.
+    assert [path.name[:4] for path in results.iterdir()] == ["run-"]
     import_image(fleet, host, build_tensorflow_image_tarball(cache_dir), TENSORFLOW_IMAGE)
 
     run = run_deploy(fleet, inventory, deploy="deploys/verify.py")
@@ -79,31 +84,45 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
     assert result["host"] == host.address
     assert result["os"] == "Ubuntu 20.04.6 LTS"
     assert result["verdict"]["summary"] == summary
-    # The test host has no pciutils (and no NVIDIA device): the PCI bus could not be read, which
-    # is reported, and the layers above are still checked.
     assert layer_states(result) == {
-        "hardware": "unverified",
+        "hardware": "ok",
         "driver": "ok",
         "cuda": "ok",
         "container": "ok",
         "framework": "broken",
     }
     assert checks(result, "hardware")["NVIDIA GPUs on the PCI bus"]["evidence"] == (
-        "lspci not available (install pciutils)"
+        "1 (expected 1)"
     )
     facts = result["facts"]
-    assert facts["lspci"] is None
+    assert facts["pci_devices"] == [
+        {"address": "0000:07:00.0", "class_code": "0302", "device_id": "1eb8"}
+    ]
+    # What the result records beside the verdict.
+    assert result["gpufleet_version"] == "0.1.0"
+    assert result["container_toolkit_version"] == "1.17.8"
+    held = {package["name"] for package in result["pinned_packages"] if package["held"]}
+    assert {"libcudnn8", "cuda-toolkit-11-2", "nvidia-container-toolkit"} <= held
+    # A custom image's TensorFlow is not in gpufleet's table: its coverage is not graded.
+    assert result["framework_coverage"] == []
+    assert result["smoke_test_seconds"] > 0
     assert facts["nvidia_smi"]["driver_version"] == "535.183.01"
     (gpu,) = facts["nvidia_smi"]["gpus"]
     assert gpu["name"] == "Tesla T4" and gpu["persistence_mode"] is True
     assert facts["cuda"]["toolkits"]["11.2"]["nvcc_release"] == "11.2"
     assert facts["cudnn_version"] == "8.1.1"
-    assert any(re.match(r"\s+libcudnn\.so\.8 \(", line) for line in facts["ldconfig"])
+    # The loader cache's dump stays out of the result; the check records the path it used.
+    assert "ldconfig" not in facts
+    assert re.fullmatch(
+        r"/\S+/libcudnn\.so\.8",
+        checks(result, "cuda")["ldconfig resolves libcudnn.so.8"]["evidence"],
+    )
     assert "nvidia" in facts["docker_info"]["runtimes"]
     assert facts["docker_info"]["default_runtime"] == "nvidia"
     container_run = facts["container_gpu_run"]
     assert (
-        container_run["command"] == f"docker run --rm --gpus all {TENSORFLOW_IMAGE} nvidia-smi -L"
+        container_run["command"]
+        == f"docker run --rm --pull never --gpus all {TENSORFLOW_IMAGE} nvidia-smi -L"
     )
     assert container_run["exit_status"] == 0
     assert container_run["output"] == f"GPU 0: Tesla T4 (UUID: {gpu['uuid']})"
@@ -111,7 +130,7 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
 
     smoke_run = facts["smoke_test_run"]
     assert smoke_run["command"] == (
-        f"docker run --rm -i --gpus all {TENSORFLOW_IMAGE} python3 - --expected-gpus 1"
+        f"docker run --rm --pull never -i --gpus all {TENSORFLOW_IMAGE} python3 - --expected-gpus 1"
     )
     assert smoke_run["exit_status"] == 1
     assert result["smoke_test"]["tensorflow_version"] == "2.15.1"
@@ -133,13 +152,16 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
     assert audit.changed() == {} and audit.failed() == {}
     assert summary in audit.output
     markdown = (results / "fleet-report.md").read_text()
-    assert "1 hosts: 0 ok, 1 broken, 0 unverified, 0 unreadable, 0 drifted" in markdown
+    assert "1 host: 1 broken." in markdown
     (row,) = [line for line in markdown.splitlines() if line.startswith(f"| {host.address} |")]
-    # CUDA lists /usr/local/cuda-11 too: the toolkit's alternatives link for the 11.x series.
-    assert "| 535.183.01 | 11.2 | 8.1.1 | default nvidia, nvidia registered | 1x Tesla T4 |" in row
-    assert row.endswith("| framework |")
-    assert f"- {summary}" in markdown
-    assert summary in (results / "fleet-report.html").read_text()
+    assert "| 535.183.01 | 11.2 | 8.1.1 | default nvidia, nvidia registered | 1.17.8 |" in row
+    assert "| 1x Tesla T4 |" in row and "| framework |" in row
+    # The problem once, with the host it hits and what that host showed.
+    problem = f"this TensorFlow is a CPU-only build — fix: run the smoke test in {TENSORFLOW_IMAGE}"
+    assert problem in markdown
+    assert f"  - {host.address} (seen: TensorFlow 2.15.1, is_built_with_cuda=False)" in markdown
+    page = (results / "fleet-report.html").read_text()
+    assert "this TensorFlow is a CPU-only build" in page and f"{host.address}.json" in page
 
     # TensorFlow 2.9 has no wheels for Debian 12's Python 3.11: the host test is refused up front
     # (on a Debian 12 host given a mirror of NVIDIA's ubuntu2004 repository, which has CUDA 11.2).

@@ -21,8 +21,9 @@ from gpufleet.diagnosis import (
 )
 from gpufleet.diagnosis.catalog import KNOWN_FAILURES, explain
 from gpufleet.diagnosis.cuda import resolved_libraries
-from gpufleet.diagnosis.hardware import nvidia_gpus_on_pci_bus
+from gpufleet.diagnosis.hardware import gpus_on_pci_bus
 from gpufleet.facts.nvidia import NVIDIA_SMI_EXIT_MARKER, parse_nvidia_smi_output
+from gpufleet.facts.pci import parse_pci_devices
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
 FACTS = Path(__file__).parents[1] / "fixtures" / "facts"
@@ -101,23 +102,33 @@ def test_verdict_records_the_values_seen() -> None:
 
 
 def test_pci_gpus_counted_from_real_lspci_output() -> None:
-    gpus = nvidia_gpus_on_pci_bus(fixture_text("lspci-nn.txt").splitlines())
+    evidence = healthy()
+    evidence["pci_devices"] = parse_pci_devices(fixture_text("lspci-nn.txt").splitlines())
     # Quadro K2200, the 10de:2c58 dGPU, Tesla K80, A30; not the audio functions nor the Intel GPU.
-    assert [line.split()[0] for line in gpus] == ["01:00.0", "02:00.0", "61f0:00:00.0", "17:00.0"]
-    assert nvidia_gpus_on_pci_bus(["3b:00.0 0302: 10de:1db6 (rev a1)"]) != []  # lspci -n form
+    assert gpus_on_pci_bus(evidence) == 4
 
 
 def test_hardware_broken_when_a_gpu_is_missing_from_the_bus() -> None:
     evidence = healthy()
-    evidence["lspci"] = [fixture_line("lspci-nn.txt", "[10de:102d]")]
+    evidence["pci_devices"] = parse_pci_devices([fixture_line("lspci-nn.txt", "[10de:102d]")])
     verdict = diagnose(evidence, PINS)
     assert_broken_at(verdict, "hardware")
     assert failed_checks(verdict, "hardware")[0]["evidence"] == "1 (expected 2)"
 
 
-def test_hardware_unverified_without_lspci_but_upper_layers_still_checked() -> None:
+def test_hardware_broken_on_a_host_without_gpus_the_sandbox_verdict() -> None:
     evidence = healthy()
-    evidence["lspci"] = None
+    evidence["pci_devices"] = []
+    verdict = diagnose(evidence, PINS)
+    assert_broken_at(verdict, "hardware")
+    assert failed_checks(verdict, "hardware")[0]["problem"] == (
+        "0 NVIDIA GPU(s) on the PCI bus, expected 2"
+    )
+
+
+def test_hardware_unverified_when_the_bus_was_not_read_but_upper_layers_still_checked() -> None:
+    evidence = healthy()
+    evidence["pci_devices"] = None
     verdict = diagnose(evidence, PINS)
     assert verdict["state"] == "unverified"
     assert verdict["broken_layer"] is None
@@ -178,6 +189,26 @@ def test_a_gpu_the_driver_does_not_support_is_named_from_the_kernel_log() -> Non
         "driver 535.104.05 does not support the GPU 10de:1b38 at 0000:02:00.0"
     )
     assert check["fix"].startswith("pin a driver branch that drives this GPU")
+
+
+# docker run --pull never without the image (balena-io/balena-cli#2159, the image's name
+# changed to the fleet's).
+NO_SUCH_IMAGE = (
+    "docker: Error response from daemon: No such image: tensorflow/tensorflow:2.9.0-gpu.\n"
+    "See 'docker run --help'."
+)
+
+
+def test_a_missing_image_is_its_own_cause_not_the_container_runtime() -> None:
+    evidence = healthy()
+    evidence["container_gpu_run"] = {
+        "command": "docker run --rm --pull never --gpus all tensorflow/tensorflow:2.9.0-gpu",
+        "exit_status": 125,
+        "output": NO_SUCH_IMAGE,
+    }
+    [check] = failed_checks(diagnose(evidence, PINS), "container")
+    assert check["problem"] == "image not available on the host: tensorflow/tensorflow:2.9.0-gpu"
+    assert "tensorflow_image_archive_url" in check["fix"]
 
 
 def test_the_real_nvidia_smi_of_ubuntus_535_server_without_its_module() -> None:
@@ -453,6 +484,7 @@ def test_parse_smoke_test_output_takes_the_last_line() -> None:
 def test_every_known_failure_is_reachable() -> None:
     # A pattern shadowed by an earlier, broader one would never explain anything.
     samples = [
+        NO_SUCH_IMAGE,
         (FACTS / "dmesg-nvrm-gpu-not-supported-535.txt").read_text(),
         (FACTS / "nvidia-smi-no-devices.txt").read_text(),
         fixture_line("nvidia-smi-errors.txt", "Driver/library version mismatch"),

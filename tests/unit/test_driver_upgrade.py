@@ -1,4 +1,4 @@
-"""Driver change planning: versions, GPU users, refusal or drain, reload or reboot; rollout."""
+"""Driver change planning: versions, GPU users, refusal or drain, reload or reboot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import pytest
 from pyinfra.api import deploy
 
-from gpufleet import rollout
 from gpufleet.deploys.driver_upgrade import plan_driver_change, refusal
 from gpufleet.deploys.nvidia_driver import (
     activate_driver,
@@ -75,7 +74,7 @@ def test_version_change_on_idle_host_needs_a_reboot_without_visible_modules() ->
     change = plan_driver_change(r470("470.239.06"), host_on("470.182.03"))
     assert change is not None
     assert change.summary() == (
-        "driver 470.182.03 -> 470.239.06; GPU users: none; reboot needed "
+        "driver upgrade 470.182.03 -> 470.239.06; GPU users: none; reboot needed "
         "(kernel module 470.182.03 is loaded, 470.239.06 is pinned)"
     )
     assert refusal(change, drain=False) is None
@@ -104,6 +103,11 @@ def test_downgrade_is_a_change_like_an_upgrade() -> None:
     change = plan_driver_change(r470(), host_on("470.239.06"))
     assert change is not None
     assert (change.current_version, change.target_version) == ("470.239.06", "470.182.03")
+    assert change.summary().startswith("driver downgrade 470.239.06 -> 470.182.03; ")
+    # gpu_host's words for its own pin undoing a rollout's newer driver.
+    assert change.summary("the inventory's pin").startswith(
+        "driver downgrade 470.239.06 -> 470.182.03 (the inventory's pin); GPU users: "
+    )
 
 
 def test_busy_host_is_refused_with_its_users_unless_drained() -> None:
@@ -196,26 +200,6 @@ def test_installed_driver_version_is_read_from_the_compute_library() -> None:
     del headless["packages"]["nvidia-driver-470"]
     assert installed_driver_version(headless["packages"]) == "470.182.03"
     assert installed_driver_version({}) is None
-
-
-def test_rollout_stops_after_the_first_failed_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    hosts = [f"h{index}" for index in range(5)]
-    ran: list[list[str]] = []
-    monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: [(h, 2) for h in hosts])
-
-    def run_batch(inventory: str, batch: list[str], args: list[str]) -> list[str]:
-        ran.append(batch)
-        return [host for host in batch if host == "h3"]
-
-    monkeypatch.setattr(rollout, "run_batch", run_batch)
-    result = rollout.roll_out("inventory.py")
-    assert ran == [["h0", "h1"], ["h2", "h3"]]
-    assert (result.done, result.failed, result.not_reached) == (["h0", "h1", "h2"], ["h3"], ["h4"])
-    assert result.report().splitlines() == [
-        "done (3): h0, h1, h2",
-        "failed (1): h3",
-        "not reached (1): h4",
-    ]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, cast
@@ -15,11 +16,20 @@ from click.testing import CliRunner, Result
 
 from gpufleet.cli import main
 from gpufleet.diagnosis import Expectations, HostEvidence, diagnose
-from gpufleet.fleet_report import load_rows, render_html, render_markdown
+from gpufleet.fleet_report import (
+    Problem,
+    code_spans,
+    load_rows,
+    render_html,
+    render_markdown,
+    results_link_prefix,
+    totals_text,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "tf"
 PINS = Expectations(driver_version="470.182.03", cuda_version="11.2", cudnn_version="8.1.1")
 PIN_ARGUMENTS = ["--driver", "470.182.03", "--cuda", "11.2", "--cudnn", "8.1.1"]
+GENERATED_AT = datetime(2026, 11, 3, 2, 14, 5, tzinfo=timezone.utc)
 
 
 def host_result(host: str, os_name: str, **evidence_changes: Any) -> dict[str, Any]:
@@ -81,10 +91,16 @@ def markdown_rows(markdown: str) -> dict[str, str]:
     }
 
 
-def test_rows_carry_each_hosts_values(results_dir: Path) -> None:
-    rows = {row.cells["host"]: row for row in load_rows(results_dir, PINS)}
-    assert sorted(rows) == ["<script>alert(1)</script>", "gpu-01", "gpu-02", "gpu-03", "gpu-04"]
-    healthy = rows["gpu-01"]
+def test_rows_come_broken_first_and_carry_each_hosts_values(results_dir: Path) -> None:
+    rows = load_rows(results_dir, PINS)
+    assert [(row.cells["host"], row.state) for row in rows] == [
+        ("gpu-03", "broken"),
+        ("<script>alert(1)</script>", "unverified"),
+        ("gpu-04", "unreadable"),
+        ("gpu-01", "ok"),
+        ("gpu-02", "ok"),
+    ]
+    old_driver, hostile, unreadable, healthy, drifted = rows
     assert healthy.cells == {
         "host": "gpu-01",
         "os": "Ubuntu 20.04.6 LTS",
@@ -92,24 +108,163 @@ def test_rows_carry_each_hosts_values(results_dir: Path) -> None:
         "cuda": "11.2",
         "cudnn": "8.1.1",
         "runtime": "default runc, nvidia registered",
+        "toolkit": "?",
+        "docker": "28.0.0-rc.1",
         "gpus": "2x Tesla V100-SXM2-16GB",
         "tensorflow": "2.9.0 pass",
         "matmul_ms": "0: 0.41, 1: 0.41",
+        "holds": "?",
         "broken_layer": "-",
+        "checked": "?",
     }
-    assert healthy.state == "ok" and not healthy.drift
-    assert rows["gpu-02"].drift == {"cudnn"}
-    assert rows["gpu-03"].drift == {"driver"}
-    assert (rows["gpu-03"].state, rows["gpu-03"].cells["broken_layer"]) == ("broken", "driver")
-    assert rows["gpu-04"].state == "unreadable"
-    hostile = rows["<script>alert(1)</script>"].cells
-    assert hostile["gpus"] == "1x <script>alert(1)</script>, 1x `V100` | 16GB\nSXM2"
-    assert hostile["tensorflow"] == "not run"
-    assert hostile["broken_layer"] == "(unverified)"
+    assert (healthy.drift, healthy.problem, healthy.result_file) == (
+        frozenset(),
+        None,
+        "gpu-01.json",
+    )
+    assert drifted.drift == {"cudnn"}
+    assert old_driver.drift == {"driver"}
+    assert old_driver.cells["broken_layer"] == "driver"
+    assert old_driver.problem == Problem(
+        "broken",
+        "driver",
+        "driver 460.32.03 instead of 470.182.03",
+        "install driver 470.182.03 (re-run gpufleet) and reboot",
+    )
+    assert old_driver.note == "seen: 460.32.03; 1 more check in its result file"
+    assert unreadable.result_file == "gpu-04.json"
+    assert hostile.cells["gpus"] == "1x <script>alert(1)</script>, 1x `V100` | 16GB\nSXM2"
+    assert hostile.cells["tensorflow"] == "not run"
+    assert hostile.cells["broken_layer"] == "(unverified)"
+    assert hostile.problem == Problem(
+        "unverified", "framework", "smoke test reported: smoke test not run", None
+    )
+    assert hostile.note == ""
+
+
+PINNED: list[dict[str, Any]] = [
+    {"name": "cuda-drivers", "version": "470.182.03-1", "held": True},
+    {"name": "libcudnn8", "version": "8.1.1.33-1+cuda11.2", "held": True},
+    {"name": "nvidia-container-toolkit", "version": None, "held": True},
+]
+
+
+@pytest.mark.parametrize(
+    ("new_keys", "toolkit", "holds", "checked"),
+    [
+        (
+            {
+                "generated_at": "2026-11-03T01:58:12+00:00",
+                "gpufleet_version": "0.1.0",
+                "container_toolkit_version": "1.17.8",
+                "pinned_packages": PINNED,
+            },
+            "1.17.8",
+            "all 3 held",
+            "2026-11-03 01:58:12 UTC, gpufleet 0.1.0",
+        ),
+        (
+            {
+                "generated_at": "2026-11-03T03:58:12+02:00",
+                "container_toolkit_version": None,
+                "pinned_packages": [{**PINNED[0], "held": False}, *PINNED[1:]],
+            },
+            "none",
+            "1 of 3 not held: cuda-drivers",
+            "2026-11-03 01:58:12 UTC",
+        ),
+        (
+            {
+                "generated_at": "2026-11-03T01:58:12Z",
+                "pinned_packages": [{**each, "held": False} for each in PINNED[:2]],
+            },
+            "?",
+            "2 of 2 not held: cuda-drivers, libcudnn8",
+            "2026-11-03 01:58:12 UTC",
+        ),
+        ({"generated_at": "yesterday", "pinned_packages": PINNED[:1]}, "?", "1 held", "yesterday"),
+        ({"pinned_packages": []}, "?", "-", "?"),
+    ],
+)
+def test_newer_result_keys_fill_the_toolkit_holds_and_checked_columns(
+    tmp_path: Path, new_keys: dict[str, Any], toolkit: str, holds: str, checked: str
+) -> None:
+    result = {**host_result("gpu-01", "Ubuntu 20.04.6 LTS"), **new_keys}
+    (tmp_path / "gpu-01.json").write_text(json.dumps(result))
+    (row,) = load_rows(tmp_path, PINS)
+    assert (row.cells["toolkit"], row.cells["holds"], row.cells["checked"]) == (
+        toolkit,
+        holds,
+        checked,
+    )
+
+
+def test_docker_column_says_none_without_an_answering_daemon(tmp_path: Path) -> None:
+    result = host_result("gpu-01", "Ubuntu 20.04.6 LTS", docker_info=None)
+    (tmp_path / "gpu-01.json").write_text(json.dumps(result))
+    (row,) = load_rows(tmp_path, PINS)
+    assert (row.cells["docker"], row.cells["runtime"], row.state) == ("none", "no docker", "broken")
+
+
+def test_identical_problems_are_listed_once_with_their_hosts(tmp_path: Path) -> None:
+    failed_run = {
+        "command": "docker run --rm --gpus all tensorflow/tensorflow:2.9.0-gpu nvidia-smi -L",
+        "exit_status": 125,
+        "output": "docker: Error response from daemon: unknown.\n",
+    }
+    for host in ("gpu-06", "gpu-05"):
+        result = host_result(host, "Ubuntu 20.04.6 LTS", container_gpu_run=failed_run)
+        (tmp_path / f"{host}.json").write_text(json.dumps(result))
+    (tmp_path / "gpu-01.json").write_text(json.dumps(host_result("gpu-01", "Ubuntu 20.04.6 LTS")))
+    rows = load_rows(tmp_path, PINS)
+    markdown = render_markdown(rows, PINS, GENERATED_AT)
+    assert markdown.split("Problems:\n\n")[1] == (
+        "- BROKEN at container, 2 hosts: \\`docker run --rm --gpus all "
+        "tensorflow/tensorflow:2.9.0-gpu nvidia-smi -L\\` failed with exit status 125 — fix: "
+        "read the output above; check \\`docker info\\` and journalctl -u docker\n"
+        "  - gpu-05 (seen: docker: Error response from daemon: unknown.)\n"
+        "  - gpu-06 (seen: docker: Error response from daemon: unknown.)\n"
+    )
+    page = render_html(rows, PINS, GENERATED_AT)
+    assert page.count("BROKEN at container") == 1
+    assert (
+        "<code>docker run --rm --gpus all tensorflow/tensorflow:2.9.0-gpu nvidia-smi -L</code> "
+        "failed with exit status 125"
+    ) in page
+    assert '<a href="#host-gpu-05.json">gpu-05</a>' in page
+    assert '<a href="#host-gpu-06.json">gpu-06</a>' in page
+    assert "`" not in page
+
+
+def test_code_spans_are_escaped_code_elements() -> None:
+    assert code_spans("run `docker info <x>` & `journalctl`") == (
+        "run <code>docker info &lt;x&gt;</code> &amp; <code>journalctl</code>"
+    )
+    assert code_spans("no code <b>") == "no code &lt;b&gt;"
+
+
+def test_counts_say_host_or_hosts(tmp_path: Path) -> None:
+    (tmp_path / "gpu-01.json").write_text(json.dumps(host_result("gpu-01", "Ubuntu 20.04.6 LTS")))
+    (row,) = load_rows(tmp_path, PINS)
+    assert totals_text([row]) == "1 host: 1 OK"
+    assert totals_text([row, row]) == "2 hosts: 2 OK"
+    assert totals_text([]) == "0 hosts: no result files"
+
+
+@pytest.mark.parametrize(
+    ("page", "prefix"),
+    [
+        ("results/fleet-report.html", ""),
+        ("fleet-report.html", "results/"),
+        ("reports/today/fleet-report.html", "../../results/"),
+    ],
+)
+def test_result_links_are_relative_to_the_page(tmp_path: Path, page: str, prefix: str) -> None:
+    assert results_link_prefix(tmp_path / "results", tmp_path / page) == prefix
 
 
 def test_markdown_marks_drift_and_escapes_host_values(results_dir: Path) -> None:
-    markdown = render_markdown(load_rows(results_dir, PINS), PINS)
+    markdown = render_markdown(load_rows(results_dir, PINS), PINS, GENERATED_AT)
     rows = markdown_rows(markdown)
     assert "**8.1.0** (drift)" in rows["gpu-02 DRIFT"]
     assert "**460.32.03** (drift)" in rows["gpu-03 DRIFT"]
@@ -117,37 +272,62 @@ def test_markdown_marks_drift_and_escapes_host_values(results_dir: Path) -> None
     assert "<script>" not in markdown
     assert rows["&lt;script&gt;alert(1)&lt;/script&gt;"] == (
         "| &lt;script&gt;alert(1)&lt;/script&gt; | Debian \\| 12 &amp; co | 470.182.03 | 11.2 "
-        "| 8.1.1 | default runc, nvidia registered "
+        "| 8.1.1 | default runc, nvidia registered | ? | 28.0.0-rc.1 "
         "| 1x &lt;script&gt;alert(1)&lt;/script&gt;, 1x \\`V100\\` \\| 16GB SXM2 | not run | - "
-        "| (unverified) |"
+        "| ? | (unverified) | ? |"
     )
-    assert (
-        "- &lt;script&gt;alert(1)&lt;/script&gt;: UNVERIFIED at framework: "
-        "smoke test reported: smoke test not run"
-    ) in markdown.splitlines()
     # every table row has exactly the header's number of unescaped cell separators
     separators = {
         len(re.findall(r"(?<!\\)\|", line))
         for line in markdown.splitlines()
         if line.startswith("|")
     }
-    assert separators == {11}
-    assert "5 hosts: 2 ok, 1 broken, 1 unverified, 1 unreadable, 2 drifted" in markdown
+    assert separators == {15}
+    assert markdown.splitlines()[0] == (
+        "Fleet report of 2026-11-03 02:14:05 UTC (pinned: driver 470.182.03, CUDA 11.2, "
+        "cuDNN 8.1.1). 5 hosts: 1 broken · 1 unverified · 1 unreadable · 2 OK · 2 drifted."
+    )
+    assert [line.split(" |")[0] for line in markdown.splitlines() if line.startswith("| ")][1:] == [
+        "| gpu-03 DRIFT",
+        "| &lt;script&gt;alert(1)&lt;/script&gt;",
+        "| gpu-04",
+        "| gpu-01",
+        "| gpu-02 DRIFT",
+    ]
+    assert markdown.split("Problems:\n\n")[1] == (
+        "- BROKEN at driver, 1 host: driver 460.32.03 instead of 470.182.03 — fix: install "
+        "driver 470.182.03 (re-run gpufleet) and reboot\n"
+        "  - gpu-03 (seen: 460.32.03; 1 more check in its result file)\n"
+        "- UNVERIFIED at framework, 1 host: smoke test reported: smoke test not run\n"
+        "  - &lt;script&gt;alert(1)&lt;/script&gt;\n"
+        "- UNREADABLE result file, 1 host: Expecting property name enclosed in double quotes: "
+        "line 1 column 20 (char 19)\n"
+        "  - gpu-04\n"
+    )
 
 
 def test_html_escapes_values_and_highlights_drift(results_dir: Path) -> None:
-    page = render_html(load_rows(results_dir, PINS), PINS)
+    page = render_html(load_rows(results_dir, PINS), PINS, GENERATED_AT)
     assert "<script>" not in page
-    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page
+    assert '<td><a href="hostile.json">&lt;script&gt;alert(1)&lt;/script&gt;</a></td>' in page
     assert "<td>1x &lt;script&gt;alert(1)&lt;/script&gt;, 1x `V100` | 16GB\nSXM2</td>" in page
     assert "Debian | 12 &amp; co" in page
     assert re.search(
-        r'<tr class="ok drift"><td>gpu-02</td>.*?<td class="drift"[^>]*>8\.1\.0</td>', page
+        r'<tr id="host-gpu-02.json" class="ok drift"><td><a href="gpu-02.json">gpu-02</a></td>'
+        r'.*?<td class="drift">8\.1\.0 <span class="pin">\(pinned 8\.1\.1\)</span></td>',
+        page,
     )
-    assert re.search(r'<tr class="ok"><td>gpu-01</td>', page)
-    assert re.search(r'<tr class="unreadable"><td>gpu-04</td>', page)
-    assert re.search(r'<tr class="broken drift"><td>gpu-03</td>', page)
-    assert "<li>gpu-03: BROKEN at driver: driver 460.32.03 instead of 470.182.03" in page
+    assert '<tr id="host-gpu-01.json" class="ok"><td><a href="gpu-01.json">gpu-01</a></td>' in page
+    assert '<tr id="host-gpu-04.json" class="unreadable"><td>' in page
+    assert '<tr id="host-gpu-03.json" class="broken drift"><td>' in page
+    assert "Generated 2026-11-03 02:14:05 UTC. Pinned: driver 470.182.03" in page
+    assert (
+        '<p class="counts">5 hosts:\n  <span class="broken count">1 broken</span> · \n'
+        '  <span class="unverified count">1 unverified</span> · \n'
+        '  <span class="unreadable count">1 unreadable</span> · \n'
+        '  <span class="ok count">2 OK</span> · \n'
+        '  <span class="drift count">2 drifted</span>\n</p>'
+    ) in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: no external assets
 
 
@@ -206,10 +386,33 @@ def test_html_shows_host_markup_as_text_in_the_tables_cells(tmp_path: Path) -> N
                 (None, "CUDA"),
                 (None, "cuDNN"),
                 (None, "Container runtime"),
+                (None, "Container toolkit"),
+                (None, "Docker"),
                 (None, "GPUs"),
                 (None, "TensorFlow"),
                 (None, "matmul ms per GPU"),
+                (None, "Holds"),
                 (None, "Broken layer"),
+                (None, "Checked"),
+            ],
+        ),
+        (
+            "broken drift",
+            [
+                (None, "<script>alert(1)</script>"),
+                (None, "Debian GNU/Linux 12 (bookworm)"),
+                ("drift", "470.161.03 (pinned 470.182.03)"),
+                (None, "11.2"),
+                (None, "8.1.1"),
+                (None, "default runc, nvidia registered"),
+                (None, "?"),
+                (None, "28.0.0-rc.1"),
+                (None, "2x <script>alert(1)</script>"),
+                (None, "2.9.0 pass"),
+                (None, "0: 0.41, 1: 0.41"),
+                (None, "?"),
+                (None, "driver"),
+                (None, "?"),
             ],
         ),
         (
@@ -221,25 +424,14 @@ def test_html_shows_host_markup_as_text_in_the_tables_cells(tmp_path: Path) -> N
                 (None, "11.2"),
                 (None, "8.1.1"),
                 (None, "default runc, nvidia registered"),
+                (None, "?"),
+                (None, "28.0.0-rc.1"),
                 (None, "2x Tesla V100-SXM2-16GB"),
                 (None, "2.9.0 pass"),
                 (None, "0: 0.41, 1: 0.41"),
+                (None, "?"),
                 (None, "-"),
-            ],
-        ),
-        (
-            "broken drift",
-            [
-                (None, "<script>alert(1)</script>"),
-                (None, "Debian GNU/Linux 12 (bookworm)"),
-                ("drift", "470.161.03"),
-                (None, "11.2"),
-                (None, "8.1.1"),
-                (None, "default runc, nvidia registered"),
-                (None, "2x <script>alert(1)</script>"),
-                (None, "2.9.0 pass"),
-                (None, "0: 0.41, 1: 0.41"),
-                (None, "driver"),
+                (None, "?"),
             ],
         ),
     ]
@@ -257,7 +449,9 @@ def test_cli_writes_both_reports(results_dir: Path, tmp_path: Path) -> None:
         str(results_dir), *PIN_ARGUMENTS, "--html", str(html_path), "--markdown", str(markdown_path)
     )
     assert result.exit_code == 0, result.output
-    assert html_path.read_text().startswith("<!DOCTYPE html>")
+    page = html_path.read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<a href="../gpu-01.json">gpu-01</a>' in page  # the results folder is above the page
     assert "| gpu-01 |" in markdown_path.read_text()
 
 
@@ -265,7 +459,7 @@ def test_cli_prints_markdown_without_output_paths(results_dir: Path) -> None:
     result = report(str(results_dir), *PIN_ARGUMENTS)
     assert result.exit_code == 0
     assert "| gpu-03 DRIFT |" in result.stdout
-    assert result.stderr.startswith("5 hosts:")
+    assert result.stderr == "5 hosts: 1 broken · 1 unverified · 1 unreadable · 2 OK · 2 drifted\n"
     missing = report(str(results_dir / "missing"), *PIN_ARGUMENTS)
     assert missing.exit_code == 2
     assert "does not exist" in missing.stderr
@@ -335,28 +529,28 @@ def test_a_result_file_of_another_shape_is_a_row_saying_why(
         bad.write_bytes(content)
     else:
         bad.write_text(content)
-    good, unreadable = load_rows(tmp_path, PINS)
+    unreadable, good = load_rows(tmp_path, PINS)
     assert (good.cells["host"], good.state, good.cells["gpus"]) == (
         "gpu-01",
         "ok",
         "2x Tesla V100-SXM2-16GB",
     )
     assert (unreadable.cells["host"], unreadable.state) == ("gpu-09", "unreadable")
-    assert unreadable.summary == f"gpu-09.json: unreadable result file: {reason}"
-    markdown = render_markdown([good, unreadable], PINS)
+    assert unreadable.problem == Problem("unreadable", "result file", reason, None)
+    markdown = render_markdown([unreadable, good], PINS)
     assert "| gpu-01 | Ubuntu 20.04.6 LTS | 470.182.03 | 11.2 | 8.1.1 |" in markdown
-    assert "| gpu-09 | ? | ? | ? | ? | ? | ? | ? | ? | (unreadable) |" in markdown
-    assert f"- gpu-09.json: unreadable result file: {reason}" in markdown
-    page = render_html([good, unreadable], PINS)
-    assert '<tr class="unreadable"><td>gpu-09</td>' in page
-    assert '<tr class="ok"><td>gpu-01</td>' in page
+    assert "| gpu-09 | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | (unreadable) | ? |" in markdown
+    assert f"- UNREADABLE result file, 1 host: {reason}\n  - gpu-09\n" in markdown
+    page = render_html([unreadable, good], PINS)
+    assert '<tr id="host-gpu-09.json" class="unreadable"><td><a href="gpu-09.json">gpu-09' in page
+    assert '<tr id="host-gpu-01.json" class="ok"><td><a href="gpu-01.json">gpu-01' in page
 
 
 def test_a_result_path_that_cannot_be_read_is_a_row_saying_why(tmp_path: Path) -> None:
     (tmp_path / "gpu-01.json").write_text(json.dumps(host_result("gpu-01", "Ubuntu 20.04.6 LTS")))
     (tmp_path / "gpu-09.json").mkdir()
-    good, unreadable = load_rows(tmp_path, PINS)
+    unreadable, good = load_rows(tmp_path, PINS)
     assert (good.cells["host"], good.state) == ("gpu-01", "ok")
     assert (unreadable.cells["host"], unreadable.state) == ("gpu-09", "unreadable")
     reason = f"[Errno 21] Is a directory: '{tmp_path}/gpu-09.json'"
-    assert unreadable.summary == f"gpu-09.json: unreadable result file: {reason}"
+    assert unreadable.problem == Problem("unreadable", "result file", reason, None)

@@ -100,6 +100,11 @@ def test_bare_ubuntu_2004_gets_every_component_pinned_and_held() -> None:
         "nvidia runtime merged into /etc/docker/daemon.json",
         "Docker enabled and running",
         "docker runs with its daemon.json",
+        "tensorflow/tensorflow:2.9.0-gpu available (docker pull)",
+    ]
+    # Pulled as a step of its own: the verification never pulls.
+    assert planned["tensorflow/tensorflow:2.9.0-gpu available (docker pull)"] == [
+        "timeout 1800 docker pull --quiet tensorflow/tensorflow:2.9.0-gpu"
     ]
     assert planned["NVIDIA driver 535.183.01 (pinned, held)"] == [
         install_command(

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from gpufleet.operations.artifacts import archive_cudnn, loaded_image, received, runfile_toolkit
+from gpufleet.operations.artifacts import (
+    archive_cudnn,
+    loaded_image,
+    pulled_image,
+    received,
+    runfile_toolkit,
+)
 from tests.fakehost import OperationCase, operation_commands
 
 RUNFILE_SHA256 = "1" * 64
@@ -185,6 +191,42 @@ CASES: list[tuple[Any, OperationCase]] = [
                 "image inspect tensorflow/tensorflow:2.9.0-gpu >/dev/null 2>&1 || { echo "
                 f'"{ARTIFACTS}/{IMAGE_SHA256} does not hold the image "'
                 "tensorflow/tensorflow:2.9.0-gpu >&2; exit 1; }",
+            ],
+        ),
+    ),
+    (
+        pulled_image,
+        OperationCase(
+            id="pull-image-present",
+            args={"image": "tensorflow/tensorflow:2.9.0-gpu", "timeout": 1800},
+            facts={"DockerImageId": "sha256:" + "a" * 64},
+            commands=[],
+        ),
+    ),
+    (
+        pulled_image,
+        OperationCase(
+            id="pull-image-absent",
+            args={"image": "tensorflow/tensorflow:2.9.0-gpu", "timeout": 1800},
+            facts={"DockerImageId": None},
+            commands=["timeout 1800 docker pull --quiet tensorflow/tensorflow:2.9.0-gpu"],
+        ),
+    ),
+    (
+        pulled_image,
+        OperationCase(
+            id="pull-image-through-a-mirror",
+            args={
+                "image": "tensorflow/tensorflow:2.9.0-gpu",
+                "timeout": 600,
+                "registry_mirror": "registry.local:5000",
+            },
+            facts={"DockerImageId": None},
+            commands=[
+                "timeout 600 docker pull --quiet "
+                "registry.local:5000/tensorflow/tensorflow:2.9.0-gpu",
+                "docker tag registry.local:5000/tensorflow/tensorflow:2.9.0-gpu "
+                "tensorflow/tensorflow:2.9.0-gpu",
             ],
         ),
     ),

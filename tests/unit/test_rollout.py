@@ -1,21 +1,25 @@
 """
-rollout's command line: the dry run's pyinfra command, and inventories it cannot roll out (one
-line on stderr, exit status 2, no traceback). pyinfra runs for real; hosts are @fake, or an
-address on loopback where nothing listens.
+rollout's command line: the driver options and their checks, the batches and what it says of
+each, the report's groups, the warning about the inventory's pin, the dry run's pyinfra command,
+and inventories it cannot roll out (one line on stderr, exit status 2, no traceback). Where
+pyinfra runs for real, hosts are @fake, or an address on loopback where nothing listens;
+elsewhere FakePyinfra answers for it.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
-from gpufleet import rollout
 from gpufleet.cli import main
+from gpufleet.deploys.verify import result_path
 
 REPO_ROOT = Path(__file__).parents[2]
 PYINFRA = [sys.executable, "-m", "pyinfra"]
@@ -59,22 +63,244 @@ def run_cli(*arguments: str) -> Result:
     return CliRunner().invoke(main, list(arguments))
 
 
-def test_dry_run_runs_pyinfra_without_prompts_or_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    ran: list[tuple[list[str], Any]] = []
+@dataclass
+class FakePyinfra:
+    """
+    pyinfra as rollout runs it: the host list of an inventory of ``hosts`` (name: data), and
+    runs of the deploy in which the ``failing`` hosts fail, those of them in ``unverified`` in
+    the verification (after writing its result, as it does whatever the verdict).
+    """
 
-    def run(command: list[str], stdin: Any = None, check: bool = True) -> Any:
-        ran.append((command, stdin))
-        return subprocess.CompletedProcess(command, 0)
+    hosts: dict[str, dict[str, Any]]
+    failing: frozenset[str] = frozenset()
+    unverified: frozenset[str] = frozenset()
+    commands: list[list[str]] = field(default_factory=list)
 
-    monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: [("gpu-01", 1)])
-    monkeypatch.setattr(subprocess, "run", run)
-    assert run_cli("rollout", "fleet.py", "--dry", "--", "--limit", "gpu-01").exit_code == 0
-    assert ran == [
+    def run(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.commands.append(command)
+        if command[-1] == "debug-inventory":
+            listing = [{"name": name, "data": data} for name, data in self.hosts.items()]
+            return subprocess.CompletedProcess(command, 0, json.dumps(listing), "")
+        if "--dry" in command:
+            return subprocess.CompletedProcess(command, 0, "", "")
+        batch = limited_hosts(command)
+        for host in self.unverified.intersection(batch):
+            path = result_path("results", host)
+            path.parent.mkdir(exist_ok=True)
+            path.write_text("{}")
+        failed = sorted(self.failing.intersection(batch))
+        if failed == sorted(batch):
+            # pyinfra stops at "No hosts remaining!", before its JSON results.
+            return subprocess.CompletedProcess(command, 1, "", "")
+        results = {"results": {"failed_hosts": failed}}
+        return subprocess.CompletedProcess(command, 1 if failed else 0, json.dumps(results), "")
+
+    def batches(self) -> list[list[str]]:
+        """The --limit hosts of each run of the deploy."""
+        return [limited_hosts(command) for command in self.commands if command[-1] == DEPLOY]
+
+
+def limited_hosts(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, argument in enumerate(command) if argument == "--limit"]
+
+
+def fake_pyinfra(
+    monkeypatch: pytest.MonkeyPatch,
+    hosts: dict[str, dict[str, Any]],
+    failing: frozenset[str] = frozenset(),
+    unverified: frozenset[str] = frozenset(),
+) -> FakePyinfra:
+    """FakePyinfra for the inventory fleet.py (a file, as rollout checks; it is never read)."""
+    Path("fleet.py").touch()
+    pyinfra = FakePyinfra(hosts, failing, unverified)
+    monkeypatch.setattr(subprocess, "run", pyinfra.run)
+    return pyinfra
+
+
+def fleet(count: int, **data: Any) -> dict[str, dict[str, Any]]:
+    """``count`` hosts gpu-01, gpu-02, ... with the same ``data``."""
+    return {f"gpu-{index:02}": dict(data) for index in range(1, count + 1)}
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
         (
-            [*PYINFRA, "-y", "--dry", "--limit", "gpu-01", "fleet.py", DEPLOY],
-            subprocess.DEVNULL,
-        )
+            ["--driver-version", "470"],
+            "Invalid value for '--driver-version': '470' is not a driver version; "
+            "use e.g. '580.159.04'",
+        ),
+        (
+            ["--driver-version", "580.159.04", "--branch", "R580"],
+            "Invalid value for '--branch': 'R580' is not a driver branch; use e.g. '580'",
+        ),
+        (["--branch", "580"], "--branch needs --driver-version: name the release to roll out"),
+    ],
+    ids=["version", "branch", "branch-alone"],
+)
+def test_driver_options_of_the_wrong_shape_are_usage_errors(
+    monkeypatch: pytest.MonkeyPatch, options: list[str], error: str
+) -> None:
+    pyinfra = fake_pyinfra(monkeypatch, fleet(1))
+    result = run_cli("rollout", "fleet.py", *options)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == f"Error: {error}"
+    assert pyinfra.commands == []
+
+
+def test_driver_options_become_pyinfra_data_for_every_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pyinfra = fake_pyinfra(monkeypatch, fleet(2, nvidia_driver_version="535.216.01"))
+    result = run_cli(
+        "rollout", "fleet.py", "--driver-version", "580.159.04", "--branch", "580",
+        "--batch-size", "1", "--", "--ssh-user", "ops",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    override = ["--data", "nvidia_driver_version=580.159.04"]
+    override += ["--data", "nvidia_driver_branch=580"]
+    # The host list is the inventory's own, pins included.
+    assert pyinfra.commands == [
+        [*PYINFRA, "--json", "--ssh-user", "ops", "fleet.py", "debug-inventory"],
+        *(
+            [*PYINFRA, "-y", "--json", "--limit", host, "--ssh-user", "ops", *override]
+            + ["fleet.py", DEPLOY]
+            for host in ("gpu-01", "gpu-02")
+        ),
     ]
+
+
+def test_batches_are_announced_and_the_first_failed_one_stops_the_rollout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pyinfra = fake_pyinfra(
+        monkeypatch, fleet(5, upgrade_batch_size=2), failing=frozenset({"gpu-04"})
+    )
+    result = run_cli("rollout", "fleet.py")
+    assert result.exit_code == 1
+    assert pyinfra.batches() == [["gpu-01", "gpu-02"], ["gpu-03", "gpu-04"]]
+    assert result.stdout.splitlines() == [
+        "batch 1/3: gpu-01, gpu-02",
+        "batch 1/3: done",
+        "batch 2/3: gpu-03, gpu-04",
+        "batch 2/3: failed (gpu-04)",
+        "done (3): gpu-01, gpu-02, gpu-03",
+        "upgraded, verification failed (0): -",
+        "failed (1): gpu-04",
+        "not reached (1): gpu-05",
+    ]
+    assert result.stderr == ""
+
+
+def test_a_rollout_of_healthy_hosts_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_pyinfra(monkeypatch, fleet(3))
+    result = run_cli("rollout", "fleet.py", "--batch-size", "2")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "batch 1/2: gpu-01, gpu-02",
+        "batch 1/2: done",
+        "batch 2/2: gpu-03",
+        "batch 2/2: done",
+        "done (3): gpu-01, gpu-02, gpu-03",
+        "upgraded, verification failed (0): -",
+        "failed (0): -",
+        "not reached (0): -",
+    ]
+
+
+def test_a_host_whose_verification_failed_after_the_change_is_told_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gpu-01 is refused, before any verification; gpu-03's result is from an earlier run.
+    result_path("results", "gpu-03").parent.mkdir()
+    result_path("results", "gpu-03").write_text("{}")
+    failing = frozenset({"gpu-01", "gpu-02", "gpu-03"})
+    fake_pyinfra(monkeypatch, fleet(4), failing, unverified=frozenset({"gpu-02"}))
+    result = run_cli("rollout", "fleet.py", "--batch-size", "4")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "batch 1/1: gpu-01, gpu-02, gpu-03, gpu-04",
+        "batch 1/1: failed (gpu-01, gpu-02, gpu-03)",
+        "done (1): gpu-04",
+        "upgraded, verification failed (1): gpu-02",
+        "failed (2): gpu-01, gpu-03",
+        "not reached (0): -",
+    ]
+
+
+def test_a_batch_whose_only_host_failed_verification_is_told_apart_without_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_pyinfra(
+        monkeypatch, fleet(2), failing=frozenset({"gpu-01"}), unverified=frozenset({"gpu-01"})
+    )
+    result = run_cli("rollout", "fleet.py")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[1:] == [
+        "batch 1/2: failed (gpu-01)",
+        "done (0): -",
+        "upgraded, verification failed (1): gpu-01",
+        "failed (0): -",
+        "not reached (1): gpu-02",
+    ]
+
+
+def test_an_override_the_inventory_does_not_pin_ends_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = {
+        "gpu-01": {"nvidia_driver_version": "470.182.03"},
+        "gpu-02": {"nvidia_driver_version": "470.239.06"},
+        "gpu-03": {"nvidia_driver_version": "470.182.03"},
+        "gpu-04": {"nvidia_driver_version": "535.183.01"},
+        "gpu-05": {},
+        "gpu-06": {"nvidia_driver_version": "470.182.03"},
+    }
+    # gpu-06 is not reached: the inventory's pin is still what it runs.
+    fake_pyinfra(
+        monkeypatch, hosts, frozenset({"gpu-03", "gpu-06"}), unverified=frozenset({"gpu-03"})
+    )
+    result = run_cli("rollout", "fleet.py", "--driver-version", "470.239.06", "--batch-size", "5")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "warning: the inventory still pins nvidia_driver_version = 470.182.03 for gpu-01, "
+        "gpu-03: the next gpu_host run would downgrade them; update the inventory",
+        "warning: the inventory still pins nvidia_driver_version = 535.183.01 for gpu-04: the "
+        "next gpu_host run would upgrade them; update the inventory",
+        "warning: the inventory pins no nvidia_driver_version for gpu-05: the next gpu_host run "
+        "would install gpufleet's release of the branch, which may not be 470.239.06; pin "
+        "470.239.06 in the inventory",
+    ]
+
+
+def test_a_rollout_of_the_inventorys_pin_has_no_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_pyinfra(monkeypatch, fleet(1, nvidia_driver_version="470.239.06"))
+    for options in ([], ["--driver-version", "470.239.06"]):
+        result = run_cli("rollout", "fleet.py", *options)
+        assert (result.exit_code, result.stderr) == (0, "")
+
+
+def test_dry_run_lists_the_batches_then_runs_pyinfra_without_prompts_or_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran: list[tuple[list[str], Any]] = []
+    pyinfra = fake_pyinfra(monkeypatch, fleet(3, upgrade_batch_size=2))
+
+    def run(command: list[str], stdin: Any = None, **kwargs: Any) -> Any:
+        ran.append((command, stdin))
+        return pyinfra.run(command)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    result = run_cli(
+        "rollout", "fleet.py", "--dry", "--driver-version", "580.159.04", "--", "--limit", "gpu-01"
+    )
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["batch 1/2: gpu-01, gpu-02", "batch 2/2: gpu-03"]
+    override = ["--data", "nvidia_driver_version=580.159.04"]
+    assert ran[-1] == (
+        [*PYINFRA, "-y", "--dry", "--limit", "gpu-01", *override, "fleet.py", DEPLOY],
+        subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.parametrize("dry", [[], ["--dry"]])
@@ -123,8 +349,8 @@ def test_invalid_inventory_data_is_an_error_naming_the_host(tmp_path: Path) -> N
 
 
 def test_batch_sizes_that_disagree_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    hosts = [("gpu-01", 1), ("gpu-02", 2)]
-    monkeypatch.setattr(rollout, "inventory_hosts", lambda inventory, args: hosts)
+    hosts = {"gpu-01": {"upgrade_batch_size": 1}, "gpu-02": {"upgrade_batch_size": 2}}
+    fake_pyinfra(monkeypatch, hosts)
     result = run_cli("rollout", "fleet.py")
     assert result.exit_code == 2
     assert result.stderr == (
@@ -161,7 +387,7 @@ def test_a_dry_run_plans_the_reachable_hosts_and_reports_the_others(tmp_path: Pa
     assert "Traceback" not in output and "EOFError" not in output
     assert "[127.0.0.1]" in output and "Could not connect" in output
     assert (
-        "[@fake/gpu-01] driver 535.183.01 -> 535.216.01; GPU users: none; no module change"
-        in output
+        "[@fake/gpu-01] driver upgrade 535.183.01 -> 535.216.01; GPU users: none; "
+        "no module change" in output
     )
     assert run.stderr.endswith("rollout: the dry run failed, see pyinfra's output above\n")

@@ -11,7 +11,7 @@ import sys
 
 import gpufleet.stack
 from gpufleet.stack.catalog import cudnn_packages
-from gpufleet.stack.versions import CudnnPin
+from gpufleet.stack.versions import CudnnPin, pattern_upstream, version_move
 
 
 def test_no_stack_module_imports_pyinfra() -> None:
@@ -39,3 +39,11 @@ def test_a_cudnn_pin_in_each_shape_it_takes() -> None:
         "libcudnn8": "8.1.1.33-*+cuda11.2",
         "libcudnn8-dev": "8.1.1.33-*+cuda11.2",
     }
+
+
+def test_a_pin_move_reads_as_an_upgrade_or_a_downgrade() -> None:
+    assert pattern_upstream("8.1.0.77-*+cuda11.2") == "8.1.0.77"
+    assert pattern_upstream("535.183.01-*") == "535.183.01"
+    assert version_move("8.1.1.33", "8.1.0.77") == "8.1.1.33 -> 8.1.0.77 (downgrade)"
+    assert version_move("11.2.1", "11.2.2") == "11.2.1 -> 11.2.2 (upgrade)"
+    assert version_move("1.17.8~rc.1", "1.17.8") == "1.17.8~rc.1 -> 1.17.8 (change)"

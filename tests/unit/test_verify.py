@@ -17,6 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from gpufleet.deploys.verify import (
     HOST_TENSORFLOW_PYTHON,
     HOST_TENSORFLOW_VENV,
+    coverage_record,
     expectations_for,
     host_evidence,
     host_python_problem,
@@ -31,18 +32,17 @@ from gpufleet.facts.nvidia import NVIDIA_SMI_EXIT_MARKER
 from gpufleet.facts.verify import (
     EXIT_MARKER,
     HEREDOC_DELIMITER,
-    LSPCI_MARKER,
     RUN_MARKER,
     SMOKE_TEST_SCRIPT,
     VerificationEvidence,
     command_run_script,
     container_gpus_command,
     parse_command_run,
-    parse_lspci,
     smoke_test_command,
 )
 from gpufleet.fleet_report import load_rows
 from gpufleet.settings import SettingsError, read_settings
+from gpufleet.stack.hardware import PciDevice
 from tests.fakehost import (
     FIXTURE_KEY_DATA,
     bare_debian_12,
@@ -94,7 +94,7 @@ def healthy_sections() -> dict[str, list[str]]:
     smoke_test = fixture_lines("tf/smoke-test-2gpu-pass.synthetic.json")
     return {
         "os_release": fixture_lines("os-release/ubuntu-20.04.6.txt"),
-        "lspci": [LSPCI_MARKER, fixture_line("tf/lspci-nn.txt", "[10de:20b7]")],
+        "pci_devices": [fixture_line("tf/lspci-nn.txt", "[10de:20b7]")],
         "nvidia_smi": [*t4_xml, f"{NVIDIA_SMI_EXIT_MARKER}0"],
         "cuda": [f"toolkit\t/usr/local/cuda-11.2\t{nvcc}", "default\t/usr/local/cuda-11.2"],
         "cudnn_version": fixture_lines("facts/cudnn_version-8.1.1-grep.txt"),
@@ -129,8 +129,8 @@ def test_healthy_host_passes_every_layer() -> None:
     ("section", "output", "broken_layer", "summary"),
     [
         (
-            "lspci",
-            [LSPCI_MARKER, fixture_line("tf/lspci-nn.txt", "Intel Corporation Arrow Lake-U")],
+            "pci_devices",
+            [fixture_line("tf/lspci-nn.txt", "Intel Corporation Arrow Lake-U")],
             "hardware",
             "0 NVIDIA GPU(s) on the PCI bus, expected 1",
         ),
@@ -188,18 +188,13 @@ def test_a_wrong_cudnn_is_fixed_by_installing_the_whole_pinned_version() -> None
     assert "install libcudnn8 and libcudnn8-dev 8.1.1.33 for CUDA 11.2" in verdict["summary"]
 
 
-def test_no_lspci_leaves_hardware_unverified_and_checks_the_layers_above() -> None:
-    verdict = verdict_for({**healthy_sections(), "lspci": []})
-    assert states(verdict) == ["unverified", "ok", "ok", "ok", "ok"]
-    assert verdict["summary"] == (
-        "gpu-01: UNVERIFIED at hardware: NVIDIA GPUs on the PCI bus: "
-        "lspci not available (install pciutils)"
+def test_a_host_without_pciutils_is_counted_from_sysfs_and_has_no_gpu_here() -> None:
+    # The PCI fact reads sysfs where lspci is missing: no NVIDIA device is an honest "none".
+    verdict = verdict_for({**healthy_sections(), "pci_devices": []})
+    assert verdict["broken_layer"] == "hardware"
+    assert verdict["summary"].startswith(
+        "gpu-01: BROKEN at hardware: 0 NVIDIA GPU(s) on the PCI bus, expected 1"
     )
-
-
-def test_lspci_distinguishes_no_devices_from_no_lspci() -> None:
-    assert parse_lspci([]) is None
-    assert parse_lspci([LSPCI_MARKER]) == []
 
 
 def run_sh(script: str) -> list[str]:
@@ -351,7 +346,9 @@ def test_standalone_verification_expects_the_driver_the_hosts_os_gets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Ubuntu 20.04's default driver is R535 (NVIDIA's ubuntu2004 repository has no R580).
-    plan({"gpu-01": (bare_ubuntu_2004(), FIXTURE_KEY_DATA)}, verify)
+    host = bare_ubuntu_2004()
+    host.pci_lines = ["0000:3b:00.0 0302: 10de:1eb8 (rev a1)"]  # a T4 with no driver yet
+    plan({"gpu-01": (host, FIXTURE_KEY_DATA)}, verify)
     assert "BROKEN at driver: the NVIDIA driver is not installed — install driver 535.183.01" in (
         caplog.text
     )
@@ -369,3 +366,18 @@ def test_standalone_verification_refuses_a_host_its_stack_does_not_fit(
         "cuda_install_method = 'apt': NVIDIA's debian12 repository has no cuda-toolkit-11-2"
         in caplog.text
     )
+
+
+def test_the_result_records_each_gpus_coverage_by_the_image() -> None:
+    devices: list[PciDevice] = [
+        {"address": "0000:3b:00.0", "class_code": "0302", "device_id": "1eb8"},
+        {"address": "0000:07:00.0", "class_code": "0302", "device_id": "20b2"},
+    ]
+    assert coverage_record(devices, "tensorflow/tensorflow:2.9.0-gpu") == [
+        {"address": "0000:3b:00.0", "gpu": "Tesla T4 (Turing, compute 7.5)", "grade": "native"},
+        {
+            "address": "0000:07:00.0",
+            "gpu": "NVIDIA A100-SXM4-80GB (Ampere, compute 8.0)",
+            "grade": "JIT-only",
+        },
+    ]
