@@ -72,6 +72,8 @@ class HostSummary:
         detail = self.cause or (
             f"{self.changed_operations} operation(s) changed" if self.changed_operations else ""
         )
+        # One line per host, whatever the cause's own line breaks (a settings error's list).
+        detail = " ".join(detail.split())
         return f"{self.host:<{width}}  {self.outcome.value:<15}  {detail}".rstrip()
 
 
@@ -123,10 +125,11 @@ def summarize(state: State) -> list[HostSummary]:
     """Each tracked host's outcome and cause, in inventory order."""
     run = _runs.get(state, {})
     summaries = []
+    first_refused: dict[tuple[str, ...], str] = {}
     for host in state.inventory:
         notes = run.get(host.name)
         if notes is not None:
-            summaries.append(_summarize_host(state, host, notes))
+            summaries.append(_summarize_host(state, host, notes, first_refused))
         elif host in state.failed_hosts:
             # Failed before its deploy ran: pyinfra could not connect or read it.
             summaries.append(
@@ -135,10 +138,16 @@ def summarize(state: State) -> list[HostSummary]:
     return summaries
 
 
-def _summarize_host(state: State, host: Host, notes: HostNotes) -> HostSummary:
+def _summarize_host(
+    state: State, host: Host, notes: HostNotes, first_refused: dict[tuple[str, ...], str]
+) -> HostSummary:
     operations = host_operations(state, host)
     changed = sum(1 for _, meta in operations if meta.is_complete() and meta.did_change())
     if notes.refusal:
+        # Bad group data refuses every host alike: said once, as refuse_host says it.
+        first = first_refused.setdefault(tuple(notes.refusal), host.name)
+        if first != host.name:
+            return HostSummary(host.name, Outcome.REFUSED, f"the same reasons as {first}", 0)
         more = f" (and {len(notes.refusal) - 1} more)" if len(notes.refusal) > 1 else ""
         return HostSummary(host.name, Outcome.REFUSED, notes.refusal[0] + more, 0)
     if notes.reboot_reason is not None:

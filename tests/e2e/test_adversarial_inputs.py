@@ -224,8 +224,12 @@ def test_bad_group_data_refuses_every_host_once_without_a_traceback(
     before = {host.name: ssh_ok(fleet, host, SNAPSHOT) for host in fleet.hosts}
     run = run_deploy(fleet, inventory(fleet, tmp_path, repo_tree, {"cuda_verison": "11.8"}))
     assert run.returncode != 0
-    assert run.output.count("cuda_verison is not a gpufleet data key") == 1, run.output[-4000:]
+    # Said once where the first host is refused and once in the run's summary; the other
+    # hosts are named as refused for the same reasons, in the log and in the summary.
+    assert run.output.count("cuda_verison is not a gpufleet data key") == 2, run.output[-4000:]
     assert run.output.count("refused for the same reasons as") == 2
+    summary = run.output.split("--> gpufleet summary\n", 1)[1]
+    assert summary.count("REFUSED          the same reasons as ") == 2
     assert "Traceback" not in run.output
     for host in fleet.hosts:
         assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name]

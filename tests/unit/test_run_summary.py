@@ -92,12 +92,14 @@ def test_lines_align_and_the_document_lists_every_host() -> None:
         HostSummary("gpu-002", Outcome.CHANGED, "", 3),
         HostSummary("gpu-3", Outcome.REFUSED, "cuda_version = '11.9' is not a CUDA release", 0),
         HostSummary("gpu-4", Outcome.REBOOT_REQUIRED, "nouveau is loaded", 5),
+        HostSummary("gpu-5", Outcome.REFUSED, "invalid gpufleet data:\n  - cuda_verison ...", 0),
     ]
     assert render(summaries).splitlines() == [
         "gpu-01   OK",
         "gpu-002  CHANGED          3 operation(s) changed",
         "gpu-3    REFUSED          cuda_version = '11.9' is not a CUDA release",
         "gpu-4    REBOOT REQUIRED  nouveau is loaded",
+        "gpu-5    REFUSED          invalid gpufleet data: - cuda_verison ...",
     ]
     written = document(summaries, datetime(2026, 12, 6, 21, 30, tzinfo=timezone.utc))
     assert written["finished_at"] == "2026-12-06T21:30:00Z"
