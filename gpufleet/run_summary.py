@@ -77,6 +77,8 @@ class HostSummary:
         return f"{self.host:<{width}}  {self.outcome.value:<15}  {detail}".rstrip()
 
 
+# How gpufleet's JSON files write a moment (UTC).
+UTC_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 # The run summaries' file names in gpu_results_dir, beside each host's <host>.json.
 RUN_SUMMARY_PREFIX = "run-"
 # Per run (pyinfra State): the notes of each host, by name.
@@ -205,7 +207,7 @@ def render(summaries: list[HostSummary]) -> str:
 
 def document(summaries: list[HostSummary], finished_at: datetime) -> dict[str, object]:
     return {
-        "finished_at": finished_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_at": finished_at.strftime(UTC_TIMESTAMP),
         "gpufleet_version": version(),
         "dry_run": dry_run(),
         "command": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),

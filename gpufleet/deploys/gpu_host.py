@@ -34,7 +34,7 @@ from gpufleet.deploys.nvidia_driver import (
     PERSISTENCED_SERVICE,
     UNATTENDED_UPGRADES_PATH,
 )
-from gpufleet.deploys.verify import verify_host
+from gpufleet.deploys.verify import pinned_package_names, verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.docker import parse_daemon_json
 from gpufleet.facts.gpu_host import GpuHostStateInfo
@@ -66,13 +66,10 @@ from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod
 def managed_packages(settings: GpuSettings) -> list[str]:
     """Every package gpufleet installs, and every driver branch's, for the one host read."""
     packages = {
-        **dict.fromkeys(catalog.DRIVER_PACKAGE_PATTERNS),
-        catalog.KERNEL_HEADERS_PATTERN: None,
-        **catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version),
-        **catalog.cudnn_packages(settings.cudnn_version, settings.cuda_version),
-        **catalog.container_toolkit_packages(settings.nvidia_container_toolkit_version),
-        settings.docker_package: None,
-        **(dict.fromkeys(catalog.HOST_TEST_PACKAGES) if settings.tensorflow_host_test else {}),
+        *pinned_package_names(settings),
+        catalog.KERNEL_HEADERS_PATTERN,
+        settings.docker_package,
+        *(catalog.HOST_TEST_PACKAGES if settings.tensorflow_host_test else ()),
     }
     return sorted(packages)
 

@@ -126,7 +126,7 @@ def result_document(
     toolkit = packages.get("nvidia-container-toolkit")
     return {
         "host": host_name,
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generated_at": datetime.now(timezone.utc).strftime(run_summary.UTC_TIMESTAMP),
         "gpufleet_version": version(),
         "os": os_release.get("PRETTY_NAME") or os_release.get("ID"),
         "verdict": verdict,
