@@ -133,6 +133,7 @@ class Fleet:
         self.prefix = new_prefix(next(_fleet_sequence))
         self.run_dir = RUN_ROOT / self.prefix
         self.ssh_key = self.run_dir / "id_ed25519"
+        self.known_hosts = self.run_dir / "known_hosts"
         self.controller = ControllerNetwork(self.prefix)
         self.machines: list[Machine] = []
         self.server: subprocess.Popen[bytes] | None = None
@@ -194,7 +195,7 @@ class Fleet:
         self.run_dir.mkdir(parents=True)
         (self.run_dir / "owner").write_text(owner_identity())
         # Present from the start, or pyinfra's first connect logs "Failed to load host keys".
-        (self.run_dir / "known_hosts").touch()
+        self.known_hosts.touch()
         run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.prefix,
                      "-f", str(self.ssh_key)])  # fmt: skip
         public_key = self.ssh_key.with_suffix(".pub").read_text()
@@ -224,7 +225,17 @@ class Fleet:
             pool.shutdown(wait=False, cancel_futures=True)
         if errors:
             raise HostBootError("\n\n".join(errors))
+        self._know_host_keys()
         self.boot_seconds = time.monotonic() - started
+
+    def _know_host_keys(self) -> None:
+        """The hosts' keys, from their trees, in the fleet's known_hosts: pyinfra's first
+        connect then has no "Added host key" line to log."""
+        with self.known_hosts.open("w") as known_hosts:
+            for machine in self.machines:
+                for public_key in sorted((machine.root / "etc/ssh").glob("ssh_host_*_key.pub")):
+                    key_type, key = public_key.read_text().split()[:2]
+                    known_hosts.write(f"{machine.network.address} {key_type} {key}\n")
 
     def serve(self, root: Path) -> None:
         """Serve ``root`` over HTTP at the repo address inside the controller namespace."""
@@ -266,7 +277,7 @@ class Fleet:
             "ssh_key": str(self.ssh_key),
             # The fleet's own known_hosts, gone with the fleet: no prompt, no warning per host.
             "ssh_strict_host_key_checking": "accept-new",
-            "ssh_known_hosts_file": str(self.run_dir / "known_hosts"),
+            "ssh_known_hosts_file": str(self.known_hosts),
         }
         hosts = [
             (host.address, {**connection, **(data or {}), **(host_data or {}).get(host.name, {})})

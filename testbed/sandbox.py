@@ -149,7 +149,7 @@ def converge_and_verify(fleet: Fleet, repo: Any, release: OsRelease, keep: bool)
         "ssh_user": "root",
         "ssh_key": str(fleet.ssh_key),
         "ssh_strict_host_key_checking": "accept-new",
-        "ssh_known_hosts_file": str(fleet.run_dir / "known_hosts"),
+        "ssh_known_hosts_file": str(fleet.known_hosts),
     }
     STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ FIXTURE_KEY = FIXTURES / "keys" / "fixture-archive-key.asc"
 # The same key as apt reads it from /etc/apt/keyrings (made by `gpg --dearmor`).
 FIXTURE_KEYRING = FIXTURES / "keys" / "fixture-archive-key.gpg"
 FIXTURE_KEY_FINGERPRINT = "4EB9E934471256AEDAE2AB1FC6607FBBA0D62461"
+# Where @fake hosts' verification results go unless a test names a folder: not the checkout
+# (removed when the test process exits).
+FAKE_RESULTS = tempfile.TemporaryDirectory(prefix="gpufleet-fake-results-")
 UBUNTU_2004_KERNEL = "5.4.0-150-generic"
 
 # Inventory data pointing both repositories' keys at the fixture key (NVIDIA's are not reachable).
@@ -225,7 +229,10 @@ def prepare(hosts: dict[str, tuple[FakeHost, dict[str, Any]]], deploy_func: Any)
     inventory = Inventory(
         (
             [
-                (f"@fake/{name}", {**data, **host.connector_data()})
+                (
+                    f"@fake/{name}",
+                    {"gpu_results_dir": FAKE_RESULTS.name, **data, **host.connector_data()},
+                )
                 for name, (host, data) in hosts.items()
             ],
             {},

@@ -160,8 +160,15 @@ def evidence_sections(
 ) -> str:
     sections = {name: str(fact.command()) for name, fact in EVIDENCE_FACTS.items()}
     sections["packages"] = str(PACKAGE_STATES.command(packages=list(packages)))
-    container_gpus = container_gpus_command(image)
-    sections["container_gpu_run"] = with_docker(command_run_script(container_gpus))
+    container_gpu_run = command_run_script(container_gpus_command(image))
+    if not smoke_test:
+        # Without the smoke test the image is not needed (a driver upgrade's verification):
+        # the container check runs only where it is already on the host.
+        container_gpu_run = (
+            f"if docker image inspect {shlex.quote(image)} >/dev/null 2>&1; then "
+            f"{container_gpu_run}; fi"
+        )
+    sections["container_gpu_run"] = with_docker(container_gpu_run)
     script = SMOKE_TEST_SCRIPT.read_text(encoding="utf-8")
     if smoke_test:
         smoke_test_run = command_run_script(
@@ -193,7 +200,8 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
     """
     Returns, in one round trip, what verification needs: os_release, pci_devices, nvidia_smi,
     nvidia_kernel, cuda, cudnn_version, ldconfig, docker_info, and the runs (command, exit status,
-    output) of ``docker run --rm --pull never --gpus all IMAGE nvidia-smi -L``, the states of
+    output) of ``docker run --rm --pull never --gpus all IMAGE nvidia-smi -L`` (without
+    ``smoke_test``, only where IMAGE is on the host), the states of
     ``packages`` (versions, holds), with ``smoke_test`` of the
     TensorFlow smoke test in IMAGE expecting ``expected_gpus`` (0: at least one), and with
     ``host_python`` of the smoke test run by that interpreter on the host (when it exists). Reads

@@ -69,6 +69,11 @@ CUDNN_CUDA_BUILDS: dict[str, tuple[str, ...]] = {
     "8.6": ("10.2", "11.8"),
     "8.9": ("11.8", "12.2"),
 }
+# Every release of a cuDNN series, where gpufleet knows them all (SOURCES.md, section 8): a pin
+# outside them is refused while planning, before the host's apt could be asked.
+CUDNN_RELEASES: dict[str, tuple[str, ...]] = {
+    "8.1": ("8.1.0.77", "8.1.1.33"),
+}
 
 
 @dataclass(frozen=True)
@@ -519,6 +524,12 @@ def _check_cudnn(request: StackRequest) -> list[str]:
             f"cudnn_version = {request.cudnn_version!r}: cuDNN {cudnn_series} was built for CUDA "
             f"{', '.join(builds)}, not cuda_version = {request.cuda_version!r}; for CUDA "
             f"{request.cuda_version} use cuDNN {' or '.join(fitting) or '(none known)'}"
+        ]
+    releases = CUDNN_RELEASES.get(cudnn_series)
+    if releases is not None and request.cudnn_version not in releases:
+        return [
+            f"cudnn_version = {request.cudnn_version!r} is not a cuDNN {cudnn_series} release: "
+            f"NVIDIA published {' and '.join(releases)}; pin one of those"
         ]
     return []
 

@@ -37,11 +37,4 @@ if _group_data_here:
     )
 
 sandbox = json.loads(STATE.read_text())
-
-# pyinfra logs "Failed to load host keys" for a known_hosts file that does not exist yet
-# (pyinfra/connectors/sshuserclient/client.py, get_host_keys); an empty one just has no keys.
-_known_hosts = sandbox["data"].get("ssh_known_hosts_file")
-if _known_hosts and Path(_known_hosts).parent.is_dir():
-    Path(_known_hosts).touch(exist_ok=True)
-
 gpu_hosts = [(sandbox["address"], sandbox["data"])]

@@ -245,10 +245,22 @@ def test_branch_change_replaces_the_old_family_and_reboot_required_stops(
     holds = ssh_ok(fleet, host, "apt-mark showhold").split()
     assert "libnvidia-compute-535" in holds and not any(h.endswith("-470") for h in holds)
 
-    # The next run (reboot allowed) finishes what the first one could not.
+    # The next run (reboot allowed) finishes what the first one could not. Its verification
+    # needs no image without upgrade_smoke_test: with the image gone, the container check is
+    # left unverified and the upgrade still passes.
+    ssh_ok(fleet, host, f"docker image rm {TEST_IMAGE}")
     upgrade = write_inventory(fleet, tmp_path / "upgrade.py", repo_tree, **branch_535)
     assert_converged(run_deploy(fleet, upgrade, deploy="deploys/driver_upgrade.py"))
     assert running_driver(fleet, host) == "535.183.01"
+    result = json.loads((tmp_path / "results" / f"{host.address}.json").read_text())
+    layers = result["verdict"]["layers"]
+    container = next(layer for layer in layers if layer["layer"] == "container")
+    assert container["state"] == "unverified"
+    assert container["checks"][-1]["evidence"] == (
+        f"no container was run: {TEST_IMAGE} is not on the host (needed only for the smoke test)"
+    )
+    assert [layer["state"] for layer in layers][:3] == ["ok", "ok", "ok"]
+    import_image(fleet, host, build_image_tarball("debian12", cache_dir, ["python3"]), TEST_IMAGE)
     packages = ssh_ok(fleet, host, "dpkg-query -W -f '${Package} ${Status}\\n' '*nvidia*'")
     assert not [line for line in packages.splitlines() if "-470 " in line and " installed" in line]
     again = run_deploy(fleet, upgrade)

@@ -442,3 +442,18 @@ def test_tensorflow_version_of_image(image: str, version: str | None) -> None:
 )
 def test_python_range_for_tensorflow_2_9(python: str, fits: bool) -> None:
     assert compat.python_fits_tensorflow(python, "2.9") is fits
+
+
+def test_cudnn_pin_that_nvidia_never_published_is_refused_while_planning() -> None:
+    request = dataclasses.replace(DEFAULTS, cudnn_version="8.1.1.34")
+    (problem,) = problems(request, UBUNTU_2004)
+    assert problem == (
+        "cudnn_version = '8.1.1.34' is not a cuDNN 8.1 release: NVIDIA published 8.1.0.77 and "
+        "8.1.1.33; pin one of those"
+    )
+
+
+def test_both_cudnn_8_1_releases_are_accepted() -> None:
+    for cudnn_version in ("8.1.0.77", "8.1.1.33"):
+        request = dataclasses.replace(DEFAULTS, cudnn_version=cudnn_version)
+        assert problems(request, UBUNTU_2004) == []

@@ -18,6 +18,7 @@ from gpufleet.deploys.gpu_host import gpu_host
 from gpufleet.facts.gpu_host import SECTION_MARKER
 from gpufleet.operations.packages import transaction
 from tests.fakehost import (
+    FAKE_RESULTS,
     FIXTURE_KEY_DATA,
     FakeHost,
     PlannedOperation,
@@ -356,7 +357,8 @@ def run_cli_dry(*data: str, limit: str = "@fake/gpu-bare") -> subprocess.Complet
         "--limit",
         limit,
     ]
-    for item in data:
+    # The run summary's JSON goes to gpu_results_dir: not the checkout.
+    for item in (f"gpu_results_dir={FAKE_RESULTS.name}", *data):
         args += ["--data", item]
     return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 

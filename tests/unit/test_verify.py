@@ -197,6 +197,20 @@ def test_a_host_without_pciutils_is_counted_from_sysfs_and_has_no_gpu_here() -> 
     )
 
 
+def test_without_the_smoke_test_a_missing_image_leaves_the_container_check_unverified() -> None:
+    # A driver upgrade's verification: the container check ran only if the image was there.
+    sections = healthy_sections()
+    del sections["container_gpu_run"], sections["smoke_test_run"]
+    verdict = verdict_for(sections)
+    assert states(verdict)[:3] == ["ok", "ok", "ok"]
+    container = verdict["layers"][3]
+    assert container["state"] == "unverified"
+    assert container["checks"][-1]["evidence"] == (
+        "no container was run: tensorflow/tensorflow:2.9.0-gpu is not on the host (needed only "
+        "for the smoke test)"
+    )
+
+
 def run_sh(script: str) -> list[str]:
     result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
