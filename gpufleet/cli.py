@@ -61,6 +61,7 @@ class ShapedText(click.ParamType):
     "--batch-size", type=click.IntRange(min=1), help="Hosts per batch (upgrade_batch_size)."
 )
 @click.option("--dry", is_flag=True, help="List the batches and each host's plan; change nothing.")
+@click.option("--status", is_flag=True, help="Print the rollouts recorded beside INVENTORY.")
 @click.argument("pyinfra_args", nargs=-1, type=click.UNPROCESSED)
 def rollout_command(
     inventory: str,
@@ -68,18 +69,24 @@ def rollout_command(
     branch: str | None,
     batch_size: int | None,
     dry: bool,
+    status: bool,
     pyinfra_args: tuple[str, ...],
 ) -> None:
     """
-    Change the NVIDIA driver of INVENTORY's hosts one batch at a time, stopping after the first
-    batch in which a host failed. --driver-version overrides the inventory's pin for this
-    rollout only. Options for pyinfra follow `--`.
+    Change the NVIDIA driver of INVENTORY's hosts one batch at a time, under the inventory's
+    rules (upgrade_max_unavailable, upgrade_max_failed, upgrade_skip; with gpu_scheduler: slurm,
+    each node is drained and its jobs waited for). --driver-version overrides the inventory's
+    pin for this rollout only. The state is kept in .gpufleet/ beside INVENTORY: the same
+    command takes an interrupted rollout up again. Options for pyinfra follow `--`.
 
     Exit status: 0 all done, 1 a host failed (or its verification), 2 the inventory cannot be
     rolled out.
     """
     if branch is not None and driver_version is None:
         raise click.UsageError("--branch needs --driver-version: name the release to roll out")
+    if status:
+        click.echo(rollout.status_text(inventory))
+        return
     override = rollout.DriverOverride(driver_version, branch) if driver_version else None
     try:
         if dry:

@@ -28,8 +28,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.stack import catalog, compat
+from gpufleet.stack import catalog, compat, slurm
 from gpufleet.stack.installers import SHA256, CudaInstallMethod, CudnnInstallMethod
+from gpufleet.stack.slurm import Scheduler
 from gpufleet.stack.urls import redact, url_problem
 
 # An unknown key with one of these prefixes looks like gpufleet's: it is reported, not ignored.
@@ -243,6 +244,10 @@ def _choice(enum: type[Enum]) -> BeforeValidator:
     return _text(
         lambda key, value: None if value in values else f"{key} = {_shown(value)} must be {listed}"
     )
+
+
+def _count_as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _lower_sha256(value: Any) -> Any:
@@ -464,6 +469,35 @@ class GpuSettings(BaseModel):
     ] = 1
     upgrade_drain: Flag = False
     upgrade_smoke_test: Flag = False
+    # Rollout rules (gpufleet rollout): hosts out of service at once ("2" or "25%" of the fleet;
+    # None: upgrade_batch_size), failures after which no new host is started, and a host the
+    # rollouts leave alone.
+    upgrade_max_unavailable: Annotated[
+        str | None,
+        _shaped(
+            slurm.MAX_UNAVAILABLE, "is not a host count or a percentage; use e.g. '2' or '25%'"
+        ),
+        # A count may be written as a number (runs first: pydantic applies these last to first).
+        BeforeValidator(_count_as_text),
+    ] = Field(default=None, examples=["25%"])
+    upgrade_max_failed: Annotated[
+        int, _whole_number(1, "a whole number of failed hosts (at least 1)", 2)
+    ] = 1
+    upgrade_skip: Flag = False
+    # The scheduler a rollout asks before it takes a host out of service: "none" (GPU users from
+    # nvidia-smi and docker) or "slurm" (drain the node, wait for its jobs, resume it).
+    gpu_scheduler: Annotated[Scheduler, _choice(Scheduler)] = Scheduler.NONE
+    # None: the host's short hostname.
+    slurm_node_name: Annotated[
+        str | None, _shaped(slurm.NODE_NAME, "is not a Slurm node name; use e.g. 'gpu-01'")
+    ] = Field(default=None, examples=["gpu-01"])
+    # Seconds to wait for a drained node's jobs; None: as long as they run.
+    upgrade_drain_timeout: Annotated[
+        int | None,
+        _whole_number(
+            1, "a whole number of seconds (at least 1), or None to wait for the jobs", 3600
+        ),
+    ] = None
 
     # Unknown keys that look like gpufleet's but are not a misspelling of one: for the log.
     _warnings: tuple[str, ...] = PrivateAttr(default=())

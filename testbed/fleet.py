@@ -267,8 +267,10 @@ class Fleet:
         path: Path,
         data: dict[str, object] | None = None,
         host_data: dict[str, dict[str, object]] | None = None,
+        hosts: Sequence[TestHost] | None = None,
     ) -> Path:
-        """Write a pyinfra inventory of the hosts; ``host_data`` is keyed by host name."""
+        """Write a pyinfra inventory of the hosts (or of ``hosts``); ``host_data`` is keyed by
+        host name."""
         unknown = set(host_data or {}) - {host.name for host in self.hosts}
         if unknown:
             raise KeyError(f"host_data for hosts not in this fleet: {sorted(unknown)}")
@@ -279,13 +281,13 @@ class Fleet:
             "ssh_strict_host_key_checking": "accept-new",
             "ssh_known_hosts_file": str(self.known_hosts),
         }
-        hosts = [
+        entries = [
             (host.address, {**connection, **(data or {}), **(host_data or {}).get(host.name, {})})
-            for host in self.hosts
+            for host in (self.hosts if hosts is None else hosts)
         ]
         path.write_text(
             f"# Throwaway gpufleet test hosts of fleet {self.prefix}.\n"
-            f"test_hosts = {pprint.pformat(hosts, width=96, sort_dicts=False)}\n"
+            f"test_hosts = {pprint.pformat(entries, width=96, sort_dicts=False)}\n"
         )
         return path
 

@@ -2,9 +2,9 @@
 
 The hosts reach no archive but the fleet's own, so each release gets a flat repository at
 ``os/<release.name>/`` holding everything the hosts need from their vendor (docker.io, dkms,
-python3-venv, unattended-upgrades, what the NVIDIA stand-ins depend on, ...) with the complete
-dependency closure, plus stand-in headers of the running kernel for DKMS. It is re-signed with
-the test archive key; the hosts' apt verifies it through signed-by.
+python3-venv, unattended-upgrades, what the NVIDIA stand-ins depend on, Slurm on Ubuntu 20.04,
+...) with the complete dependency closure, plus stand-in headers of the running kernel for DKMS.
+It is re-signed with the test archive key; the hosts' apt verifies it through signed-by.
 
 The upstream is the one the release's root filesystem was built from: the apt sources
 mmdebstrap chose, read back from the tree (testbed.rootfs.upstream_sources), all pockets it
@@ -64,6 +64,14 @@ UBUNTU_ARCHIVE_DRIVER: dict[str, tuple[str, ...]] = {
     ),
 }
 RESTRICTED = "restricted"
+
+# Slurm (universe: slurm-wlm 19.05, munge 0.5.13) for the test bed's cluster (testbed/slurm.py):
+# the GPU hosts are its compute nodes, whose drains the driver rollout drives with scontrol.
+# Without Recommends: libhwloc15's would bring Ubuntu's libxnvctrl0 (R470) into the mirror, beside
+# the driver packages gpufleet pins.
+UBUNTU_ARCHIVE_SLURM: dict[str, tuple[str, ...]] = {
+    "ubuntu20.04": ("munge", "slurmctld", "slurmd", "slurm-client"),
+}
 
 # Kernel images and headers are not mirrored: the hosts share the machine's kernel and get the
 # stand-in headers package instead (so dkms's Recommends on linux-headers-* stay unmet). Only
@@ -132,6 +140,7 @@ def build_os_part(
     keyring = base / ("archive-keys.asc" if release.vendor == "ubuntu" else "archive-keys.gpg")
     keyring.write_bytes(archive_keyring(release))
     driver = UBUNTU_ARCHIVE_DRIVER.get(release.name, ())
+    slurm = UBUNTU_ARCHIVE_SLURM.get(release.name, ())
     if driver:
         upstream = [replace(s, components=(*s.components, RESTRICTED)) for s in upstream]
     apt = PrivateApt(
@@ -150,6 +159,11 @@ def build_os_part(
             options = ("--no-install-recommends", "-o", "Dir::Etc::preferences=/dev/null")
             wanted |= apt.download_uris(*options, *driver)
             apt.run("install", "--download-only", "--yes", "--quiet", *options, *driver)
+        if slurm:
+            wanted |= apt.download_uris("--no-install-recommends", *slurm)
+            apt.run(
+                "install", "--download-only", "--yes", "--quiet", "--no-install-recommends", *slurm
+            )
     finally:
         shutil.rmtree(base)
     repo = part / mirror_path(release)

@@ -38,7 +38,14 @@ UNVERIFIED = "upgraded, verification failed"
 ROLLOUT_GROUPS = ("done", UNVERIFIED, "failed", "not reached")
 
 
-def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Path:
+def write_inventory(
+    fleet: Fleet,
+    path: Path,
+    repo: RepoTree,
+    hosts: list[TestHost] | None = None,
+    **data: Any,
+) -> Path:
+    """An inventory of the fleet's hosts (or of ``hosts``) on the old driver."""
     settings = {
         **repo_data(repo, fleet.os_release),
         "nvidia_driver_version": OLD,
@@ -50,7 +57,7 @@ def write_inventory(fleet: Fleet, path: Path, repo: RepoTree, **data: Any) -> Pa
         "upgrade_batch_size": 2,
         **data,
     }
-    return fleet.write_inventory(path, settings)
+    return fleet.write_inventory(path, settings, hosts=hosts)
 
 
 def rollout_command(fleet: Fleet, inventory: Path, *options: str) -> list[str]:
@@ -107,18 +114,25 @@ def container_running(fleet: Fleet, host: TestHost, name: str) -> bool:
     return state == "true"
 
 
-def converged(fleet: Fleet, repo: RepoTree, cache_dir: Path, tmp_path: Path) -> Path:
-    """Put a V100 on each host's stand-in bus, converge the fleet on the old driver, import the
-    test image; return that inventory."""
-    for host in fleet.hosts:
+def converged(
+    fleet: Fleet,
+    repo: RepoTree,
+    cache_dir: Path,
+    tmp_path: Path,
+    hosts: list[TestHost] | None = None,
+) -> Path:
+    """Put a V100 on each host's stand-in bus, converge the fleet (or ``hosts``) on the old
+    driver, import the test image; return that inventory."""
+    hosts = fleet.hosts if hosts is None else hosts
+    for host in hosts:
         present_gpus(fleet, host, [TESLA_V100])
-    bare = write_inventory(fleet, tmp_path / "bare.py", repo, gpu_verify=False)
+    bare = write_inventory(fleet, tmp_path / "bare.py", repo, hosts, gpu_verify=False)
     assert_converged(run_deploy(fleet, bare))
     # python3: the stand-in nvidia-smi the runtime mounts into containers is a Python script.
     tarball = build_image_tarball("debian12", cache_dir, ["python3"])
-    for host in fleet.hosts:
+    for host in hosts:
         import_image(fleet, host, tarball, TEST_IMAGE)
-    return write_inventory(fleet, tmp_path / "old.py", repo)
+    return write_inventory(fleet, tmp_path / "old.py", repo, hosts)
 
 
 def start_gpu_job(fleet: Fleet, host: TestHost) -> None:
@@ -181,36 +195,39 @@ def test_rolling_upgrade_refuses_busy_hosts_stops_at_a_failed_batch_and_rolls_ba
         assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name]
     assert container_running(fleet, hosts[1], "gpu-job")
 
-    # With drain the GPU container (only it) is stopped; host 3's driver does not come up, so
-    # its verification fails and the rollout stops after its batch.
+    # The same command takes the rollout up: host 0 stays done, the failed host 1 is tried again
+    # in the next batch with host 2, then hosts 3 and 4. With drain the GPU container (only it)
+    # is stopped; host 3's driver does not come up, so its verification fails and the rollout
+    # stops after its batch.
     set_standin(fleet, hosts[3], {"mode": "no-driver"})
     drain = write_inventory(fleet, tmp_path / "drain.py", repo_tree, upgrade_drain=True)
     groups, output = roll_out(fleet, drain, *to_new)
     assert groups == {
-        "done": names[:3],
+        "done": [*names[:3], names[4]],
         UNVERIFIED: names[3:4],
         "failed": [],
-        "not reached": names[4:],
+        "not reached": names[5:],
     }
-    assert pin_warning(names[:4]) in output
+    assert f"batch 1/3: {names[1]}, {names[2]}" in output
+    assert pin_warning(names[:5]) in output
     assert "Drain: stop the containers using the GPUs (gpu-job)" in output
     assert not container_running(fleet, hosts[1], "gpu-job")
     assert container_running(fleet, hosts[1], "web")
-    assert [running_driver(fleet, host) for host in hosts[:3]] == [NEW] * 3
-    for host in hosts[4:]:
-        assert ssh_ok(fleet, host, SNAPSHOT) == before[host.name]
+    # Host 3's stand-in driver is down: nvidia-smi cannot answer there.
+    assert [running_driver(fleet, hosts[i]) for i in (0, 1, 2, 4)] == [NEW] * 4
+    assert ssh_ok(fleet, hosts[5], SNAPSHOT) == before[hosts[5].name]
     # The job is gone: a real nvidia-smi no longer lists its process.
     set_standin(fleet, hosts[1], {})
     set_standin(fleet, hosts[3], {})
 
-    # Killed while dpkg changes host 4's driver: still held there; the next run finishes.
+    # Killed while dpkg changes host 5's driver: still held there; the next run finishes.
     controller = subprocess.Popen(
         rollout_command(fleet, drain, *to_new), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    kill_while_running(fleet, hosts[4], controller, "dkms")
-    wait_for_package_transaction(fleet, hosts[4])
-    assert ssh_ok(fleet, hosts[4], HELD_DRIVER).strip() == "1"
+    kill_while_running(fleet, hosts[5], controller, "dkms")
+    wait_for_package_transaction(fleet, hosts[5])
+    assert ssh_ok(fleet, hosts[5], HELD_DRIVER).strip() == "1"
     groups, output = roll_out(fleet, drain, *to_new)
     assert groups == {"done": names, UNVERIFIED: [], "failed": [], "not reached": []}
     assert pin_warning(names) in output
@@ -233,7 +250,10 @@ def test_branch_change_replaces_the_old_family_and_reboot_required_stops(
     (host,) = fleet.hosts
     converged(fleet, repo_tree, cache_dir, tmp_path)
 
-    branch_535 = {"nvidia_driver_branch": "535", "nvidia_driver_version": "535.183.01"}
+    branch_535: dict[str, Any] = {
+        "nvidia_driver_branch": "535",
+        "nvidia_driver_version": "535.183.01",
+    }
     no_reboot = write_inventory(
         fleet, tmp_path / "no_reboot.py", repo_tree, gpu_reboot_allowed=False, **branch_535
     )

@@ -9,6 +9,7 @@ elsewhere FakePyinfra answers for it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from click.testing import CliRunner, Result
 
 from gpufleet.cli import main
 from gpufleet.deploys.verify import result_path
+from gpufleet.rollout_state import rollout_lock
 
 REPO_ROOT = Path(__file__).parents[2]
 PYINFRA = [sys.executable, "-m", "pyinfra"]
 DEPLOY = "gpufleet.driver_upgrade"
+ROLLOUT_HOST_FACT = "gpufleet.facts.slurm.RolloutHost"
 # A host that cannot be reached: nothing listens on port 1 of this machine.
 UNREACHABLE = '("127.0.0.1", {"ssh_port": 1})'
 # A @fake host running 535.183.01, pinned to 535.216.01 (its data has to be JSON for pyinfra's
@@ -74,10 +77,23 @@ class FakePyinfra:
     hosts: dict[str, dict[str, Any]]
     failing: frozenset[str] = frozenset()
     unverified: frozenset[str] = frozenset()
+    # Hosts with the operator's skip file.
+    skip_files: frozenset[str] = frozenset()
     commands: list[list[str]] = field(default_factory=list)
 
     def run(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         self.commands.append(command)
+        if command[-1] == ROLLOUT_HOST_FACT:
+            facts = {
+                name: {
+                    "hostname": name,
+                    "skip_file": name in self.skip_files,
+                    "driver_version": "535.183.01",
+                }
+                for name in self.hosts
+            }
+            output = json.dumps({ROLLOUT_HOST_FACT: facts})
+            return subprocess.CompletedProcess(command, 0, output, "")
         if command[-1] == "debug-inventory":
             listing = [{"name": name, "data": data} for name, data in self.hosts.items()]
             return subprocess.CompletedProcess(command, 0, json.dumps(listing), "")
@@ -162,6 +178,7 @@ def test_driver_options_become_pyinfra_data_for_every_batch(
     # The host list is the inventory's own, pins included.
     assert pyinfra.commands == [
         [*PYINFRA, "--json", "--ssh-user", "ops", "fleet.py", "debug-inventory"],
+        [*PYINFRA, "--json", "--ssh-user", "ops", "fleet.py", "fact", ROLLOUT_HOST_FACT],
         *(
             [*PYINFRA, "-y", "--json", "--limit", host, "--ssh-user", "ops", *override]
             + ["fleet.py", DEPLOY]
@@ -184,10 +201,13 @@ def test_batches_are_announced_and_the_first_failed_one_stops_the_rollout(
         "batch 1/3: done",
         "batch 2/3: gpu-03, gpu-04",
         "batch 2/3: failed (gpu-04)",
+        "rollout: stopped: 1 host(s) failed; upgrade_max_failed is 1",
         "done (3): gpu-01, gpu-02, gpu-03",
         "upgraded, verification failed (0): -",
         "failed (1): gpu-04",
         "not reached (1): gpu-05",
+        "skipped (0): -",
+        "gpu-04: the upgrade failed",
     ]
     assert result.stderr == ""
 
@@ -205,6 +225,7 @@ def test_a_rollout_of_healthy_hosts_is_done(monkeypatch: pytest.MonkeyPatch) -> 
         "upgraded, verification failed (0): -",
         "failed (0): -",
         "not reached (0): -",
+        "skipped (0): -",
     ]
 
 
@@ -225,6 +246,10 @@ def test_a_host_whose_verification_failed_after_the_change_is_told_apart(
         "upgraded, verification failed (1): gpu-02",
         "failed (2): gpu-01, gpu-03",
         "not reached (0): -",
+        "skipped (0): -",
+        "gpu-01: the upgrade failed",
+        "gpu-02: upgraded, verification failed",
+        "gpu-03: the upgrade failed",
     ]
 
 
@@ -238,10 +263,13 @@ def test_a_batch_whose_only_host_failed_verification_is_told_apart_without_json(
     assert result.exit_code == 1
     assert result.stdout.splitlines()[1:] == [
         "batch 1/2: failed (gpu-01)",
+        "rollout: stopped: 1 host(s) failed; upgrade_max_failed is 1",
         "done (0): -",
         "upgraded, verification failed (1): gpu-01",
         "failed (0): -",
         "not reached (1): gpu-02",
+        "skipped (0): -",
+        "gpu-01: upgraded, verification failed",
     ]
 
 
@@ -391,3 +419,86 @@ def test_a_dry_run_plans_the_reachable_hosts_and_reports_the_others(tmp_path: Pa
         "no module change" in output
     )
     assert run.stderr.endswith("rollout: the dry run failed, see pyinfra's output above\n")
+
+
+def test_max_failed_is_a_failure_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = fleet(4, upgrade_max_failed=2)
+    pyinfra = fake_pyinfra(monkeypatch, hosts, failing=frozenset({"gpu-01", "gpu-03"}))
+    result = run_cli("rollout", "fleet.py")
+    assert result.exit_code == 1
+    assert pyinfra.batches() == [["gpu-01"], ["gpu-02"], ["gpu-03"]]
+    assert "rollout: stopped: 2 host(s) failed; upgrade_max_failed is 2" in result.stdout
+    assert "not reached (1): gpu-04" in result.stdout
+
+
+def test_skipped_hosts_are_never_touched_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    hosts = fleet(3)
+    hosts["gpu-01"]["upgrade_skip"] = True
+    pyinfra = fake_pyinfra(monkeypatch, hosts)
+    pyinfra.skip_files = frozenset({"gpu-03"})
+    result = run_cli("rollout", "fleet.py")
+    assert result.exit_code == 0
+    assert pyinfra.batches() == [["gpu-02"]]
+    assert result.stdout.splitlines()[-4:] == [
+        "not reached (0): -",
+        "skipped (2): gpu-01, gpu-03",
+        "gpu-01: skipped: upgrade_skip is set in its data",
+        "gpu-03: skipped: /etc/gpufleet/skip-upgrade exists on the host",
+    ]
+
+
+def test_max_unavailable_as_a_percentage_sizes_the_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    pyinfra = fake_pyinfra(monkeypatch, fleet(5, upgrade_max_unavailable="40%"))
+    assert run_cli("rollout", "fleet.py").exit_code == 0
+    assert pyinfra.batches() == [["gpu-01", "gpu-02"], ["gpu-03", "gpu-04"], ["gpu-05"]]
+
+
+def test_an_interrupted_rollout_is_taken_up_and_done_hosts_are_not_run_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The controller died while gpu-02 was upgrading: the record says so.
+    state = tmp_path / ".gpufleet" / "rollout-580.159.04.json"
+    state.parent.mkdir()
+    state.write_text(
+        json.dumps(
+            {
+                "target": "580.159.04",
+                "started_at": "2026-12-01T03:00:00+00:00",
+                "hosts": {
+                    "gpu-01": {"phase": "done"},
+                    "gpu-02": {"phase": "upgrading"},
+                    "gpu-03": {"phase": "pending"},
+                },
+            }
+        )
+    )
+    pyinfra = fake_pyinfra(monkeypatch, fleet(3))
+    result = run_cli("rollout", "fleet.py", "--driver-version", "580.159.04")
+    assert result.exit_code == 0, result.output
+    assert pyinfra.batches() == [["gpu-02"], ["gpu-03"]]
+    assert "done (3): gpu-01, gpu-02, gpu-03" in result.stdout
+    record = json.loads(state.read_text())
+    assert [phase for phase, _ in record["hosts"]["gpu-02"]["history"]] == ["upgrading", "done"]
+
+    status = run_cli("rollout", "fleet.py", "--status")
+    lines = status.stdout.splitlines()
+    assert lines[0] == (
+        f"rollout of 580.159.04, started 2026-12-01T03:00:00+00:00 ({state}): 3 done"
+    )
+    assert lines[1] == "  gpu-01 done since 2026-12-01T03:00:00+00:00"
+    assert lines[2].startswith("  gpu-02 done since 20")
+
+
+def test_a_second_rollout_of_the_same_inventory_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_pyinfra(monkeypatch, fleet(1))
+    with rollout_lock("fleet.py"):
+        result = run_cli("rollout", "fleet.py")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"rollout: another rollout of fleet.py is running (pid {os.getpid()}, since "
+    )
+    assert result.stderr.endswith(
+        "); wait for it, or stop it and run the same command again to take it up\n"
+    )
