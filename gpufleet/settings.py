@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.stack import catalog, compat, slurm
+from gpufleet.stack import accounts, catalog, compat, nccl, slurm
 from gpufleet.stack.installers import SHA256, CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.slurm import Scheduler
 from gpufleet.stack.urls import redact, url_problem
@@ -166,6 +166,23 @@ def _flag(value: Any, info: ValidationInfo) -> bool:
     if not isinstance(value, bool):
         _refuse(f"{_key(info)} = {_shown(value)} must be true or false")
     return value
+
+
+def _optional_flag(value: Any, info: ValidationInfo) -> bool | None:
+    return None if value is None else _flag(value, info)
+
+
+def _user_names(value: Any, info: ValidationInfo) -> list[str]:
+    key = _key(info)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        _refuse(f"{key} = {_shown(value)} must be a list of user names, e.g. ['alice']")
+    bad = [name for name in value if not accounts.USER_NAME.fullmatch(name)]
+    if bad:
+        _refuse(
+            f"{key} has {', '.join(_shown(name) for name in bad)}: not a user name (a lower case "
+            "letter, then lower case letters, digits, '-' or '_'), e.g. ['alice']"
+        )
+    return list(value)
 
 
 def _whole_number(least: int, meaning: str, example: int) -> BeforeValidator:
@@ -469,6 +486,22 @@ class GpuSettings(BaseModel):
     ] = 1
     upgrade_drain: Flag = False
     upgrade_smoke_test: Flag = False
+    # Users put in the docker group (none created; gpufleet takes out only those it put in).
+    docker_users: Annotated[list[str], BeforeValidator(_user_names)] = Field(
+        default_factory=list, examples=[["alice"]]
+    )
+    # /etc/nccl.conf: NCCL_SOCKET_IFNAME (checked against the host's interfaces),
+    # NCCL_IB_DISABLE and NCCL_DEBUG; None leaves the variable out.
+    nccl_socket_ifname: Annotated[
+        str | None,
+        _shaped(
+            nccl.SOCKET_IFNAME,
+            "is not an NCCL_SOCKET_IFNAME list of interface names; use e.g. '=eth0', 'eth' or "
+            "'^docker,lo'",
+        ),
+    ] = Field(default=None, examples=["=eth0"])
+    nccl_ib_disable: Annotated[bool | None, BeforeValidator(_optional_flag)] = None
+    nccl_debug: Annotated[nccl.NcclDebug | None, _choice(nccl.NcclDebug)] = None
     # Rollout rules (gpufleet rollout): hosts out of service at once ("2" or "25%" of the fleet;
     # None: upgrade_batch_size), failures after which no new host is started, and a host the
     # rollouts leave alone.
@@ -527,6 +560,11 @@ class GpuSettings(BaseModel):
             module_signing_key=self.nvidia_module_signing_key,
             module_signing_cert=self.nvidia_module_signing_cert,
         )
+
+    @property
+    def nccl_settings(self) -> nccl.NcclSettings:
+        debug = self.nccl_debug.value if self.nccl_debug is not None else None
+        return nccl.NcclSettings(self.nccl_socket_ifname, self.nccl_ib_disable, debug)
 
     @property
     def module_signing(self) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ from pyinfra.api import deploy
 
 from gpufleet.operations import packages as apt
 from gpufleet.operations import units as systemd
+from gpufleet.operations.accounts import docker_group_members
 from gpufleet.operations.docker_daemon import DOCKER_SERVICE, daemon_config, restart_for_config
 from gpufleet.stack.daemon_json import DAEMON_JSON_PATH
 
@@ -25,6 +26,7 @@ def docker(
     default_runtime: str | None,
     daemon_settings: dict[str, Any],
     lock_timeout: int,
+    users: list[str],
 ) -> None:
     apt.pinned_packages(
         name=f"Docker ({docker_package}) installed",
@@ -44,3 +46,4 @@ def docker(
         enabled=True,
     )
     restart_for_config(name="docker runs with its daemon.json", written=config)
+    docker_group_members(name="docker group members (docker_users)", users=users)

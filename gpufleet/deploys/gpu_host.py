@@ -25,6 +25,7 @@ from gpufleet.deploys.cuda import (
 from gpufleet.deploys.cudnn import cudnn
 from gpufleet.deploys.docker import docker
 from gpufleet.deploys.driver_upgrade import install_driver, prepare_driver_change
+from gpufleet.deploys.nccl import nccl_conf
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME, nvidia_container_toolkit
 from gpufleet.deploys.nvidia_driver import (
     DKMS_SIGNING_PATH,
@@ -52,6 +53,7 @@ from gpufleet.preflight import (
 )
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog, installers, urls
+from gpufleet.stack.accounts import ADDED_USERS_PATH, missing_users_problem
 from gpufleet.stack.daemon_json import (
     DAEMON_JSON_PATH,
     daemon_config_problem,
@@ -61,6 +63,7 @@ from gpufleet.stack.daemon_json import (
     restart_refusal,
 )
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod
+from gpufleet.stack.nccl import NCCL_CONF_PATH, interface_problem
 
 
 def managed_packages(settings: GpuSettings) -> list[str]:
@@ -91,6 +94,8 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         *environment_files(settings.cuda_version),
         DKMS_SIGNING_PATH,
         *signing_files(settings).values(),
+        ADDED_USERS_PATH,
+        NCCL_CONF_PATH,
     ]
     return {
         "packages": managed_packages(settings),
@@ -103,6 +108,7 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         "toolkit_path": installers.toolkit_path(settings.cuda_version),
         "image": settings.tensorflow_image,
         "artifact_folder": installers.HOST_ARTIFACT_DIR,
+        "users": settings.docker_users,
     }
 
 
@@ -145,6 +151,15 @@ def docker_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list
     return []
 
 
+def host_settings_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list[str]:
+    """docker_users the host has no user of, an NCCL interface list that selects none of its."""
+    problems = [
+        missing_users_problem(settings.docker_users, host_state["docker_group"]["existing_users"]),
+        interface_problem(settings.nccl_socket_ifname, host_state["network_interfaces"]),
+    ]
+    return [problem for problem in problems if problem]
+
+
 @deploy("gpufleet GPU host", data_defaults=DATA_DEFAULTS)
 def gpu_host() -> None:
     settings = settings_or_refusal(host.data)
@@ -154,7 +169,7 @@ def gpu_host() -> None:
     planned = plan_or_refusal(
         settings,
         host_state,
-        docker_problems(settings, host_state),
+        [*docker_problems(settings, host_state), *host_settings_problems(settings, host_state)],
         (CUDA_REPO_NAME, CONTAINER_REPO_NAME),
     )
     if planned is None:
@@ -195,7 +210,10 @@ def gpu_host() -> None:
         default_runtime=settings.docker_default_runtime,
         daemon_settings=settings.docker_daemon_config,
         lock_timeout=settings.gpu_apt_lock_timeout,
+        users=settings.docker_users,
     )
+    if settings.nccl_settings.wanted:
+        nccl_conf(settings=settings.nccl_settings)
     image_archive = settings.tensorflow_image_archive_sha256
     if settings.gpu_verify and not image_archive:
         artifacts.pulled_image(

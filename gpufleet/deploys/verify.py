@@ -189,6 +189,7 @@ def verified(
     host_python: str | None = None,
     fail_broken: bool = True,
     pinned_packages: tuple[str, ...] = (),
+    nccl_conf: bool = False,
 ):
     """
     Verify the host layer by layer and write its result to ``results_dir``.
@@ -200,6 +201,7 @@ def verified(
     + fail_broken: fail a broken host (False: report it only, as an audit does)
     + pinned_packages: the packages (dpkg-query patterns) whose versions and holds the result
       records
+    + nccl_conf: mount the host's /etc/nccl.conf into the smoke test's container
 
     The evidence is gathered when the operation runs, after the installs before it; a dry run
     only says what would be verified.
@@ -216,6 +218,7 @@ def verified(
         expected_gpus=expectations.expected_gpu_count or 0,
         host_python=host_python,
         packages=pinned_packages,
+        nccl_conf=nccl_conf,
     )
     evidence = host_evidence(host.name, gathered, host_test=host_python is not None)
     verdict = diagnose(evidence, expectations)
@@ -282,6 +285,7 @@ def verify_host(
         host_python=host_python,
         fail_broken=fail_broken,
         pinned_packages=pinned_package_names(settings),
+        nccl_conf=settings.nccl_settings.wanted,
     )
 
 

@@ -14,6 +14,7 @@ from pyinfra.api import FactBase
 from pyinfra.facts.server import KernelVersion
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
+from gpufleet.facts.accounts import DockerGroup, DockerGroupInfo
 from gpufleet.facts.apt import (
     AptOffer,
     AptOffers,
@@ -34,6 +35,7 @@ from gpufleet.facts.docker import (
 )
 from gpufleet.facts.files import FileDigests, FolderFiles, SymlinkTargets
 from gpufleet.facts.gpu_users import GpuUsers, GpuUsersInfo
+from gpufleet.facts.network import NetworkInterfaces
 from gpufleet.facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
 from gpufleet.facts.pci import NvidiaPciDevices
 from gpufleet.facts.secure_boot import SecureBoot, SecureBootState
@@ -162,6 +164,8 @@ class GpuHostStateInfo(TypedDict):
     units_running: dict[str, bool]
     units_enabled: dict[str, bool]
     unit_commands: dict[str, str]
+    docker_group: DockerGroupInfo
+    network_interfaces: list[str]
 
 
 # Section name -> the fact that gathers and parses it. Processing never needs the command
@@ -192,6 +196,8 @@ SECTION_FACTS: dict[str, FactBase] = {
     "units_running": SystemdStatus(),
     "units_enabled": SystemdEnabled(),
     "unit_commands": UnitMainCommands(),
+    "docker_group": DockerGroup(),
+    "network_interfaces": NetworkInterfaces(),
 }
 
 
@@ -206,6 +212,7 @@ def section_arguments(
     toolkit_path: str,
     image: str,
     artifact_folder: str,
+    users: Sequence[str],
 ) -> dict[str, dict[str, Any]]:
     """Each section's fact arguments (GpuHostState's, spread over its sections), {} for none."""
     arguments: dict[str, dict[str, Any]] = {
@@ -222,6 +229,7 @@ def section_arguments(
         "units_running": {"services": list(units)},
         "units_enabled": {"services": list(units)},
         "unit_commands": {"units": list(units)},
+        "docker_group": {"users": list(users)},
     }
     return {name: arguments.get(name, {}) for name in SECTION_FACTS}
 
@@ -251,7 +259,8 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     dockerd_installed, python3_version, gpu_users, file_digests (FileDigests of ``files``),
     host_artifacts (FolderFiles of ``artifact_folder``), symlink_targets (SymlinkTargets of
     ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
-    ``units``), unit_commands (UnitMainCommands of ``units``).
+    ``units``), unit_commands (UnitMainCommands of ``units``), docker_group (DockerGroup of
+    ``users``), network_interfaces.
     """
 
     @staticmethod
@@ -270,6 +279,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
         toolkit_path: str = "",
         image: str = "",
         artifact_folder: str = "",
+        users: Sequence[str] = (),
     ) -> str:
         # Checked here: section_arguments' list() would split a string before the sections see it.
         require_lists(
@@ -280,6 +290,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
             files=files,
             symlinks=symlinks,
             units=units,
+            users=users,
         )
         return combined_command(
             section_commands(
@@ -293,6 +304,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
                 toolkit_path=toolkit_path,
                 image=image,
                 artifact_folder=artifact_folder,
+                users=users,
             )
         )
 

@@ -17,6 +17,7 @@ from pyinfra.api import FactBase
 
 from gpufleet.facts.gpu_host import SECTION_FACTS, combined_command, fact_value, split_sections
 from gpufleet.facts.nvidia import NvrmMessages
+from gpufleet.stack.nccl import NCCL_CONF_PATH
 
 if TYPE_CHECKING:
     from gpufleet.diagnosis import CommandRun
@@ -109,8 +110,10 @@ def smoke_test_command(python: list[str], expected_gpus: int) -> str:
     return shlex.join([*python, "-", "--expected-gpus", str(expected_gpus)])
 
 
-def container_smoke_test_command(image: str, expected_gpus: int) -> str:
-    python = [*DOCKER_RUN, "-i", "--gpus", "all", image, "python3"]
+def container_smoke_test_command(image: str, expected_gpus: int, nccl_conf: bool = False) -> str:
+    # NCCL in the container reads the host's settings (its interface) from the same file.
+    mount = ["--volume", f"{NCCL_CONF_PATH}:{NCCL_CONF_PATH}:ro"] if nccl_conf else []
+    python = [*DOCKER_RUN, "-i", "--gpus", "all", *mount, image, "python3"]
     return smoke_test_command(python, expected_gpus)
 
 
@@ -157,6 +160,7 @@ def evidence_sections(
     expected_gpus: int,
     host_python: str | None,
     packages: Sequence[str],
+    nccl_conf: bool,
 ) -> str:
     sections = {name: str(fact.command()) for name, fact in EVIDENCE_FACTS.items()}
     sections["packages"] = str(PACKAGE_STATES.command(packages=list(packages)))
@@ -172,7 +176,7 @@ def evidence_sections(
     script = SMOKE_TEST_SCRIPT.read_text(encoding="utf-8")
     if smoke_test:
         smoke_test_run = command_run_script(
-            container_smoke_test_command(image, expected_gpus), stdin=script
+            container_smoke_test_command(image, expected_gpus, nccl_conf), stdin=script
         )
         sections["smoke_test_run"] = with_docker(smoke_test_run)
     if host_python is not None:
@@ -204,7 +208,8 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
     ``smoke_test``, only where IMAGE is on the host), the states of
     ``packages`` (versions, holds), with ``smoke_test`` of the
     TensorFlow smoke test in IMAGE expecting ``expected_gpus`` (0: at least one), and with
-    ``host_python`` of the smoke test run by that interpreter on the host (when it exists). Reads
+    ``host_python`` of the smoke test run by that interpreter on the host (when it exists);
+    ``nccl_conf``: the container smoke test mounts the host's /etc/nccl.conf. Reads
     only; the containers are removed when they exit.
     """
 
@@ -219,8 +224,9 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
         expected_gpus: int = 0,
         host_python: str | None = None,
         packages: Sequence[str] = (),
+        nccl_conf: bool = False,
     ) -> str:
-        return evidence_sections(image, smoke_test, expected_gpus, host_python, packages)
+        return evidence_sections(image, smoke_test, expected_gpus, host_python, packages, nccl_conf)
 
     def process(self, output: list[str]) -> VerificationEvidenceInfo:
         return parse_verification_evidence(output)

@@ -90,6 +90,7 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
         "toolkit_path": str(toolkit),
         "image": "tensorflow/tensorflow:2.9.0-gpu",
         "artifact_folder": str(artifacts),
+        "users": ["root", "gpufleet-no-such-user"],
     }
 
     state = run_fact(GpuHostState(), shell, **arguments)

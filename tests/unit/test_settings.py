@@ -442,10 +442,15 @@ def test_misspelt_keys_are_refused_with_the_key_meant_all_at_once() -> None:
 
 def test_other_keys_with_a_gpufleet_prefix_are_warnings() -> None:
     settings = read_settings(
-        {"docker_users": ["alice"], "gpu_owner_team": "ml", "ssh_user": "ubuntu", "site": "x"}
+        {
+            "docker_compose_projects": ["web"],
+            "gpu_owner_team": "ml",
+            "ssh_user": "ubuntu",
+            "site": "x",
+        }
     )
     assert settings.warnings == (
-        "docker_users is not a gpufleet data key, nor close to one; gpufleet ignores it",
+        "docker_compose_projects is not a gpufleet data key, nor close to one; gpufleet ignores it",
         "gpu_owner_team is not a gpufleet data key, nor close to one; gpufleet ignores it",
     )
 
@@ -482,7 +487,7 @@ def test_pyinfra_data_keys_cover_the_connectors_prefixed_keys() -> None:
 def test_pyinfra_host_data_is_read_and_checked() -> None:
     inventory = Inventory(
         (
-            ["gpu-01", ("@docker/ubuntu:22.04", {"docker_users": ["alice"]})],
+            ["gpu-01", ("@docker/ubuntu:22.04", {"docker_compose_projects": ["web"]})],
             {"ssh_user": "ubuntu", "_sudo": True, "cuda_version": "11.2"},
         ),
         typos=(["gpu-01"], {"cuda_verison": "11.8"}),
@@ -491,7 +496,7 @@ def test_pyinfra_host_data_is_read_and_checked() -> None:
     settings: GpuSettings = read_settings(container.data)
     assert settings.cuda_version == "11.2"
     assert settings.warnings == (
-        "docker_users is not a gpufleet data key, nor close to one; gpufleet ignores it",
+        "docker_compose_projects is not a gpufleet data key, nor close to one; gpufleet ignores it",
     )
     with pytest.raises(SettingsError, match="cuda_verison is not a gpufleet data key"):
         read_settings(inventory.get_host("gpu-01").data)
