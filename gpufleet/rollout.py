@@ -618,10 +618,12 @@ class Upgrade:
         last_said = None
         while waiting:
             slurm = self.fleet.slurm(waiting, avoid=batch)
+            # A node Slurm did not report on may still run jobs: it is waited for too.
             busy = {
-                host: jobs
+                host: slurm["jobs"].get(self.fleet.nodes[host], [])
                 for host in waiting
-                if (jobs := slurm["jobs"].get(self.fleet.nodes[host], []))
+                if slurm["jobs"].get(self.fleet.nodes[host])
+                or self.fleet.nodes[host] not in slurm["nodes"]
             }
             waiting = list(busy)
             elapsed = time.monotonic() - started
@@ -629,13 +631,17 @@ class Upgrade:
                 timeout = self.fleet.settings[host].upgrade_drain_timeout
                 if timeout is not None and elapsed >= timeout:
                     waiting.remove(host)
-                    note = f"jobs still running after {timeout} s: {jobs_line(busy[host])}"
+                    jobs = jobs_line(busy[host]) or "Slurm did not say"
+                    note = f"jobs still running after {timeout} s: {jobs}"
                     self.record.move(host, HostPhase.FAILED, f"{note}; its node was resumed")
                     self.resume([host], batch)
             if not waiting:
                 break
             if last_said is None or time.monotonic() - last_said >= PROGRESS_SECONDS:
-                running = "; ".join(f"{host}: {jobs_line(busy[host])}" for host in waiting)
+                running = "; ".join(
+                    f"{host}: {jobs_line(busy[host]) or f'no answer ({slurm_errors(slurm)})'}"
+                    for host in waiting
+                )
                 say(f"{label}: waiting {int(elapsed)} s for the drained nodes' jobs: {running}")
                 last_said = time.monotonic()
             time.sleep(POLL_SECONDS)
