@@ -63,6 +63,8 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
         "tensorflow_image": TENSORFLOW_IMAGE,
         "gpu_results_dir": str(results),
         "gpu_expected_count": 1,
+        # /etc/nccl.conf, which the smoke test's container reads through a read-only mount.
+        "nccl_debug": "WARN",
     }
     inventory = fleet.write_inventory(tmp_path / "inventory.py", {**data, "gpu_verify": False})
     converged = run_deploy(fleet, inventory)
@@ -130,7 +132,8 @@ def test_verify_reaches_the_framework_and_reports_why_it_fails(
 
     smoke_run = facts["smoke_test_run"]
     assert smoke_run["command"] == (
-        f"docker run --rm --pull never -i --gpus all {TENSORFLOW_IMAGE} python3 - --expected-gpus 1"
+        "docker run --rm --pull never -i --gpus all --volume /etc/nccl.conf:/etc/nccl.conf:ro "
+        f"{TENSORFLOW_IMAGE} python3 - --expected-gpus 1"
     )
     assert smoke_run["exit_status"] == 1
     assert result["smoke_test"]["tensorflow_version"] == "2.15.1"
