@@ -60,6 +60,7 @@ from gpufleet.rollout_state import (
 )
 from gpufleet.settings import GpuSettings, SettingsError, read_settings
 from gpufleet.stack.slurm import (
+    NODE_NAME,
     Scheduler,
     drain_reason,
     drained_by_gpufleet,
@@ -289,7 +290,7 @@ class Fleet:
         # The hosts that answered; one that did not fails when its batch runs.
         self.hosts: dict[str, RolloutHostInfo] = self.facts([], ROLLOUT_HOST)
         slurm_names = {
-            name: settings.slurm_node_name or self.host(name)["hostname"]
+            name: settings.slurm_node_name or node_name(self.host(name)["hostname"])
             for name, settings in self.settings.items()
             if settings.gpu_scheduler is Scheduler.SLURM
         }
@@ -360,6 +361,11 @@ class Fleet:
             if host in self.nodes
             and node_unavailable((self.node_state(host, slurm) or UNKNOWN_NODE)["state"])
         }
+
+
+def node_name(hostname: str | None) -> str | None:
+    """A host's short name as its Slurm node name, when it has the shape of one."""
+    return hostname if hostname is not None and NODE_NAME.fullmatch(hostname) else None
 
 
 def drain_update(node: str, reason: str) -> str:
@@ -533,7 +539,10 @@ class Upgrade:
         fleet, whole_batch = self.fleet, batch
         for host in batch:
             if host in fleet.unnamed:
-                note = "its Slurm node is unknown: the host did not answer (or set slurm_node_name)"
+                note = (
+                    "its Slurm node is unknown: the host did not answer or its hostname is no "
+                    "node name; set slurm_node_name"
+                )
                 self.record.move(host, HostPhase.FAILED, note)
         batch = [host for host in batch if host not in fleet.unnamed]
         slurm_hosts = [host for host in batch if host in fleet.nodes]

@@ -117,3 +117,9 @@ def test_a_drained_node_slurm_does_not_answer_for_is_waited_for(
         "(slurm_load_partitions: Unable to contact slurm controller (connect failure); "
         "slurm_load_node error: Unable to contact slurm controller (connect failure))\n"
     )
+
+
+def test_a_hostname_is_a_node_name_only_in_a_node_names_shape() -> None:
+    assert rollout.node_name("gpu-01") == "gpu-01"
+    assert rollout.node_name("gpu 01;reboot") is None
+    assert rollout.node_name(None) is None
