@@ -10,9 +10,11 @@ the controller's CPU seconds (user + system of pyinfra, or ssh, and everything i
 from wait4), its peak RSS, and the commands pyinfra sent per host (its --debug "Running command"
 lines). `--profile` runs the largest fleet's no-op once more under cProfile and writes the
 summary; `--baseline DIR` times the no-op also from another checkout (DIR holds its deploys/ and
-gpufleet/), for a before/after figure from the same fleet. `--artifacts` converges Ubuntu 22.04
-hosts instead, whose CUDA comes from NVIDIA's runfile and cuDNN from its archive (the stand-ins),
-and prints the artifact bytes the controller fetched for the fleet and sent to each host.
+gpufleet/), for a before/after figure from the same fleet. `--pin` runs the hosts on the
+second core and the controller on the first, so the controller's wall time is its own.
+`--artifacts` converges Ubuntu 22.04 hosts instead, whose CUDA comes from NVIDIA's runfile and
+cuDNN from its archive (the stand-ins), and prints the artifact bytes the controller fetched for
+the fleet and sent to each host.
 """
 
 from __future__ import annotations
@@ -102,8 +104,17 @@ def profile_summary(profile: Path, title: str) -> str:
     return "\n".join(sections)
 
 
+# --pin: the hosts (children of this process, which they inherit it from) on the second core,
+# the controller's runs on the first: the controller's wall time without the hosts' CPU.
+HOSTS_CORE, CONTROLLER_CORE = 1, 0
+
+
+def pinned(command: list[str], pin: bool) -> list[str]:
+    return ["taskset", "--cpu-list", str(CONTROLLER_CORE), *command] if pin else command
+
+
 def bench_fleet(
-    count: int, work_dir: Path, profile: Path | None, baseline: Path | None
+    count: int, work_dir: Path, profile: Path | None, baseline: Path | None, pin: bool = False
 ) -> dict[str, Measured]:
     repo = build_repos(CACHE_DIR / "repos", [BENCH_OS], rootfs_cache_dir=CACHE_DIR)
     with Fleet(count, BENCH_OS, CACHE_DIR, repo=repo) as fleet:
@@ -116,12 +127,12 @@ def bench_fleet(
         inventory = fleet.write_inventory(work_dir / f"bench_{count}.py", data)
         arguments = ["-y", "--debug", str(inventory), "deploys/gpu_host.py"]
         pyinfra = [str(Path(sys.executable).with_name("pyinfra")), *arguments]
-        gpu_host = fleet.controller.command(pyinfra)
+        gpu_host = pinned(fleet.controller.command(pyinfra), pin)
         figures = {"converge": measured(gpu_host, count), "no-op": measured(gpu_host, count)}
         if baseline is not None:
             env = {**os.environ, "PYTHONPATH": str(baseline)}
             figures["no-op, baseline"] = measured(gpu_host, count, cwd=baseline, env=env)
-        figures["ssh true"] = measured(fleet.ssh_command(fleet.hosts[0], "true"), 1)
+        figures["ssh true"] = measured(pinned(fleet.ssh_command(fleet.hosts[0], "true"), pin), 1)
         if profile is not None:
             raw = work_dir / f"noop_{count}.prof"
             profiled = [sys.executable, "-m", "cProfile", "-o", str(raw), "-m", "pyinfra"]
@@ -180,7 +191,12 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="profile the largest size's no-op to here")
     parser.add_argument("--baseline", type=Path, help="a checkout to time the no-op from too")
     parser.add_argument("--artifacts", action="store_true", help="artifact bytes per fleet/host")
+    parser.add_argument(
+        "--pin", action="store_true", help="hosts on the second core, the controller on the first"
+    )
     arguments = parser.parse_args()
+    if arguments.pin:
+        os.sched_setaffinity(0, {HOSTS_CORE})
     arguments.work_dir.mkdir(parents=True, exist_ok=True)
     print(f"# {platform.node()}: {os.cpu_count()} cores, {platform.platform()}")
     if arguments.artifacts:
@@ -195,7 +211,7 @@ def main() -> None:
     largest = max(arguments.sizes)
     for count in arguments.sizes:
         profile = arguments.profile if count == largest else None
-        figures = bench_fleet(count, arguments.work_dir, profile, arguments.baseline)
+        figures = bench_fleet(count, arguments.work_dir, profile, arguments.baseline, arguments.pin)
         for run, figure in figures.items():
             print(figure.row(run), flush=True)
 

@@ -79,8 +79,8 @@ def rollout_command(
     pin for this rollout only. The state is kept in .gpufleet/ beside INVENTORY: the same
     command takes an interrupted rollout up again. Options for pyinfra follow `--`.
 
-    Exit status: 0 all done, 1 a host failed (or its verification), 2 the inventory cannot be
-    rolled out.
+    Exit status: 0 all done, 1 a host failed (or its verification) or was not reached, 2 the
+    inventory cannot be rolled out.
     """
     if branch is not None and driver_version is None:
         raise click.UsageError("--branch needs --driver-version: name the release to roll out")

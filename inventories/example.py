@@ -43,6 +43,14 @@ GPUFLEET_DATA = {
     "gpu_reboot_allowed": False,
     # The image whose TensorFlow the stack must fit and the smoke test runs in (default).
     "tensorflow_image": "tensorflow/tensorflow:2.9.0-gpu",
+    # Users put in the docker group; none is created (default: none).
+    # "docker_users": ["alice", "bob"],
+    # NCCL's interface in /etc/nccl.conf, checked against the host's (unset: no file).
+    # "nccl_socket_ifname": "=eth0",
+    # Rollouts (gpufleet rollout): drain each Slurm node and wait for its jobs first (default:
+    # "none"), at most this many hosts out of service at once (default: upgrade_batch_size).
+    # "gpu_scheduler": "slurm",
+    # "upgrade_max_unavailable": "25%",
 }
 
 # A group is (hosts, group data); host data wins over group data.
