@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.stack import accounts, catalog, compat, nccl, slurm
+from gpufleet.stack import accounts, catalog, compat, mig, nccl, slurm
 from gpufleet.stack.installers import SHA256, CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.slurm import Scheduler
 from gpufleet.stack.urls import redact, url_problem
@@ -183,6 +183,37 @@ def _user_names(value: Any, info: ValidationInfo) -> list[str]:
             "letter, then lower case letters, digits, '-' or '_'), e.g. ['alice']"
         )
     return list(value)
+
+
+def _mig_layouts(value: Any, info: ValidationInfo) -> dict[int, list[str]]:
+    key = _key(info)
+    example = "{0: ['3g.40gb', '2g.20gb', '1g.10gb', '1g.10gb'], 1: []}"
+    if not isinstance(value, dict):
+        _refuse(
+            f"{key} = {_shown(value)} must map GPU indexes to lists of MIG profiles "
+            f"([] disables MIG), e.g. {example}"
+        )
+    layouts: dict[int, list[str]] = {}
+    problems = []
+    for index, profiles in value.items():
+        # JSON and YAML inventories may write the index as a string.
+        number = int(index) if isinstance(index, str) and index.isdecimal() else index
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            problems.append(f"{key} has the GPU index {_shown(index)}: use 0, 1, ...")
+            continue
+        if not isinstance(profiles, (list, tuple)) or not all(
+            isinstance(name, str) and mig.PROFILE_NAME.fullmatch(name) for name in profiles
+        ):
+            problems.append(
+                f"{key}[{number}] = {_shown(profiles)} must be a list of MIG profile names as "
+                "nvidia-smi mig -lgip prints them without 'MIG ', e.g. ['3g.40gb', '1g.10gb'] "
+                "([] disables MIG)"
+            )
+            continue
+        layouts[number] = list(profiles)
+    if problems:
+        _refuse(*problems)
+    return layouts
 
 
 def _whole_number(least: int, meaning: str, example: int) -> BeforeValidator:
@@ -502,6 +533,11 @@ class GpuSettings(BaseModel):
     ] = Field(default=None, examples=["=eth0"])
     nccl_ib_disable: Annotated[bool | None, BeforeValidator(_optional_flag)] = None
     nccl_debug: Annotated[nccl.NcclDebug | None, _choice(nccl.NcclDebug)] = None
+    # GPU index -> the MIG GPU instances it holds, each with its compute instance ([]: MIG
+    # disabled); GPUs left out are left alone. Kept across reboots by a boot unit.
+    gpu_mig_layouts: Annotated[dict[int, list[str]], BeforeValidator(_mig_layouts)] = Field(
+        default_factory=dict, examples=[{0: ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]}]
+    )
     # Rollout rules (gpufleet rollout): hosts out of service at once ("2" or "25%" of the fleet;
     # None: upgrade_batch_size), failures after which no new host is started, and a host the
     # rollouts leave alone.
@@ -560,6 +596,13 @@ class GpuSettings(BaseModel):
             module_signing_key=self.nvidia_module_signing_key,
             module_signing_cert=self.nvidia_module_signing_cert,
         )
+
+    @property
+    def mig_creation_layouts(self) -> dict[int, list[str]]:
+        """gpu_mig_layouts with each GPU's profiles in the order they are created."""
+        return {
+            index: mig.creation_order(profiles) for index, profiles in self.gpu_mig_layouts.items()
+        }
 
     @property
     def nccl_settings(self) -> nccl.NcclSettings:

@@ -251,6 +251,19 @@ class Fleet:
         """Run the shell ``command`` on ``host`` (a TestHost or its name) as root."""
         return self._machine(host).ssh(command, timeout=timeout)
 
+    def reboot(self, host: TestHost | str) -> None:
+        """Reboot ``host`` from inside (systemd's own reboot) and wait until it is up again."""
+        machine = self._machine(host)
+        reboots = machine.reboots
+        # The connection may drop before ssh reports the command's status.
+        machine.ssh("systemctl reboot", timeout=30)
+        deadline = time.monotonic() + self.boot_timeout
+        while machine.reboots == reboots:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{machine.name} did not reboot within {self.boot_timeout}s")
+            time.sleep(0.2)
+        machine.wait_ready(self.boot_timeout)
+
     def _machine(self, host: TestHost | str) -> Machine:
         name = host if isinstance(host, str) else host.name
         for machine in self.machines:

@@ -25,6 +25,7 @@ from gpufleet.deploys.cuda import (
 from gpufleet.deploys.cudnn import cudnn
 from gpufleet.deploys.docker import docker
 from gpufleet.deploys.driver_upgrade import install_driver, prepare_driver_change
+from gpufleet.deploys.mig import mig_layouts, no_mig_layouts
 from gpufleet.deploys.nccl import nccl_conf
 from gpufleet.deploys.nvidia_container import CONTAINER_REPO_NAME, nvidia_container_toolkit
 from gpufleet.deploys.nvidia_driver import (
@@ -39,6 +40,7 @@ from gpufleet.deploys.verify import pinned_package_names, verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.docker import parse_daemon_json
 from gpufleet.facts.gpu_host import GpuHostStateInfo
+from gpufleet.facts.mig import unmet_on_host
 from gpufleet.operations import artifacts
 from gpufleet.operations.docker_daemon import DOCKER_SERVICE
 from gpufleet.operations.packages import auth_file, repository_files
@@ -52,7 +54,7 @@ from gpufleet.preflight import (
     signing_files,
 )
 from gpufleet.settings import DATA_DEFAULTS, GpuSettings
-from gpufleet.stack import catalog, installers, urls
+from gpufleet.stack import catalog, installers, mig, urls
 from gpufleet.stack.accounts import ADDED_USERS_PATH, missing_users_problem
 from gpufleet.stack.daemon_json import (
     DAEMON_JSON_PATH,
@@ -62,6 +64,7 @@ from gpufleet.stack.daemon_json import (
     restart_reason,
     restart_refusal,
 )
+from gpufleet.stack.hardware import PciBus
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.nccl import NCCL_CONF_PATH, interface_problem
 
@@ -96,6 +99,9 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         *signing_files(settings).values(),
         ADDED_USERS_PATH,
         NCCL_CONF_PATH,
+        mig.LAYOUTS_PATH,
+        mig.UNIT_PATH,
+        mig.SCRIPT_PATH,
     ]
     return {
         "packages": managed_packages(settings),
@@ -103,12 +109,13 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         "offered_packages": offered_packages(settings),
         "daemon_json_path": DAEMON_JSON_PATH,
         "files": sorted(files),
-        "symlinks": [PERSISTENCED_BOOT_LINK],
+        "symlinks": [PERSISTENCED_BOOT_LINK, mig.BOOT_LINK],
         "units": [DOCKER_SERVICE, PERSISTENCED_SERVICE, catalog.FABRIC_MANAGER_SERVICE],
         "toolkit_path": installers.toolkit_path(settings.cuda_version),
         "image": settings.tensorflow_image,
         "artifact_folder": installers.HOST_ARTIFACT_DIR,
         "users": settings.docker_users,
+        "mig": bool(settings.gpu_mig_layouts),
     }
 
 
@@ -160,6 +167,47 @@ def host_settings_problems(settings: GpuSettings, host_state: GpuHostStateInfo) 
     return [problem for problem in problems if problem]
 
 
+def mig_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list[str]:
+    """Layouts a GPU cannot hold, GPUs the host lacks, and layout changes on GPUs in use."""
+    layouts = settings.gpu_mig_layouts
+    if not layouts:
+        return []
+    # nvidia-smi numbers the GPUs in PCI bus order, so the bus tells the indexes before any
+    # driver is installed.
+    gpus = sorted(PciBus.from_devices(host_state["pci_devices"]).gpus, key=lambda gpu: gpu.address)
+    problems = []
+    for index, profiles in sorted(layouts.items()):
+        if index >= len(gpus):
+            problems.append(
+                f"gpu_mig_layouts[{index}]: the host has {len(gpus)} GPU(s) on its PCI bus "
+                f"(indexes 0 to {len(gpus) - 1}); leave GPU {index} out"
+                if gpus
+                else f"gpu_mig_layouts[{index}]: the host has no NVIDIA GPU on its PCI bus"
+            )
+            continue
+        gpu = gpus[index]
+        name = gpu.model.name if gpu.model else f"PCI device 10de:{gpu.device_id}"
+        problem = profiles and mig.layout_problem(
+            "gpu_mig_layouts", index, name, gpu.device_id, profiles
+        )
+        if problem:
+            problems.append(problem)
+    smi = host_state["nvidia_smi"]
+    if problems or not smi:
+        return problems
+    unmet = unmet_on_host(layouts, smi, host_state["mig_instances"])
+    indexes = {gpu["uuid"]: gpu["index"] for gpu in smi["gpus"]}
+    for process in smi["processes"]:
+        in_use = indexes.get(process["gpu_uuid"])
+        if in_use in unmet:
+            problems.append(
+                f"gpu_mig_layouts[{in_use}]: GPU {in_use} runs {process['process_name']} (pid "
+                f"{process['pid']}) and its layout would change ({unmet[in_use]}); re-run when "
+                "nothing runs on it"
+            )
+    return problems
+
+
 @deploy("gpufleet GPU host", data_defaults=DATA_DEFAULTS)
 def gpu_host() -> None:
     settings = settings_or_refusal(host.data)
@@ -169,7 +217,11 @@ def gpu_host() -> None:
     planned = plan_or_refusal(
         settings,
         host_state,
-        [*docker_problems(settings, host_state), *host_settings_problems(settings, host_state)],
+        [
+            *docker_problems(settings, host_state),
+            *host_settings_problems(settings, host_state),
+            *mig_problems(settings, host_state),
+        ],
         (CUDA_REPO_NAME, CONTAINER_REPO_NAME),
     )
     if planned is None:
@@ -214,6 +266,10 @@ def gpu_host() -> None:
     )
     if settings.nccl_settings.wanted:
         nccl_conf(settings=settings.nccl_settings)
+    if settings.gpu_mig_layouts:
+        mig_layouts(layouts=settings.mig_creation_layouts)
+    else:
+        no_mig_layouts()
     image_archive = settings.tensorflow_image_archive_sha256
     if settings.gpu_verify and not image_archive:
         artifacts.pulled_image(

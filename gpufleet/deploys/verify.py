@@ -65,6 +65,7 @@ def expectations_for(settings: GpuSettings, driver_version: str) -> Expectations
         expected_gpu_count=settings.gpu_expected_count,
         default_runtime=settings.docker_default_runtime,
         tensorflow_image=settings.tensorflow_image,
+        mig_layouts=settings.gpu_mig_layouts,
     )
 
 
@@ -87,6 +88,7 @@ def host_evidence(
         "cudnn_version": gathered["cudnn_version"],
         "ldconfig": gathered["ldconfig"],
         "docker_info": gathered["docker_info"],
+        "mig_instances": gathered["mig_instances"],
         "container_gpu_run": gathered["container_gpu_run"],
         "smoke_test": parse_smoke_test_output(smoke_test_output or ""),
         "smoke_test_output": smoke_test_output,
@@ -219,6 +221,7 @@ def verified(
         host_python=host_python,
         packages=pinned_packages,
         nccl_conf=nccl_conf,
+        mig=bool(expectations.mig_layouts),
     )
     evidence = host_evidence(host.name, gathered, host_test=host_python is not None)
     verdict = diagnose(evidence, expectations)

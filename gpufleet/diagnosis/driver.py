@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gpufleet.diagnosis.catalog import DRIVER_LIBRARY_MISMATCH, RERUN, explain
-from gpufleet.diagnosis.checks import Check, failed, ok, outcome
+from gpufleet.diagnosis.checks import Check, failed, ok, outcome, unverified
 from gpufleet.diagnosis.evidence import Expectations, HostEvidence, version_tuple
+
+if TYPE_CHECKING:
+    from gpufleet.facts.nvidia import NvidiaSmiInfo
 from gpufleet.diagnosis.hardware import gpus_on_pci_bus
+from gpufleet.stack.mig import SCRIPT_PATH, gpu_layouts, unmet_layouts
 
 
 def check_driver(evidence: HostEvidence, expectations: Expectations) -> list[Check]:
@@ -85,4 +91,29 @@ def check_driver(evidence: HostEvidence, expectations: Expectations) -> list[Che
             f"enable nvidia-persistenced (systemctl enable --now nvidia-persistenced; {RERUN})",
         )
     )
+    if expectations.mig_layouts:
+        checks.append(check_mig_layouts(nvidia_smi, evidence, expectations))
     return checks
+
+
+def check_mig_layouts(
+    nvidia_smi: NvidiaSmiInfo, evidence: HostEvidence, expectations: Expectations
+) -> Check:
+    name = "MIG layouts"
+    instances = evidence.get("mig_instances")
+    if instances is None:
+        return unverified(name, "the MIG instances were not read")
+    layouts = gpu_layouts(instances)
+    modes = {gpu["index"]: gpu["mig_mode"] for gpu in nvidia_smi["gpus"]}
+    unmet = unmet_layouts(expectations.mig_layouts, modes, layouts)
+    seen = "; ".join(
+        f"GPU {index}: {', '.join(layouts.get(index, [])) or 'MIG ' + (modes.get(index) or 'N/A')}"
+        for index in sorted(expectations.mig_layouts)
+    )
+    return outcome(
+        name,
+        not unmet,
+        seen,
+        "; ".join(f"GPU {index}: {difference}" for index, difference in unmet.items()),
+        f"run {SCRIPT_PATH} on the host (it says why a layout cannot be made), or {RERUN}",
+    )

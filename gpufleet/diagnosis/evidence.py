@@ -6,7 +6,8 @@ helpers that read the evidence's text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NotRequired, Required, TypedDict
 
 if TYPE_CHECKING:  # the facts modules import pyinfra; only their shapes are needed here
@@ -14,6 +15,7 @@ if TYPE_CHECKING:  # the facts modules import pyinfra; only their shapes are nee
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
     from gpufleet.stack.hardware import PciDevice
+    from gpufleet.stack.mig import MigInstancesInfo
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class Expectations:
     expected_gpu_count: int | None = None  # None: at least one
     default_runtime: str | None = None  # None: docker's default runtime is not checked
     tensorflow_image: str = "tensorflow/tensorflow:2.9.0-gpu"
+    # GPU index -> its MIG instances' profiles ([]: MIG disabled); GPUs left out are not checked.
+    mig_layouts: Mapping[int, list[str]] = field(default_factory=dict)
 
 
 class CommandRun(TypedDict):
@@ -50,6 +54,7 @@ class HostEvidence(TypedDict, total=False):
     cudnn_version: str | None
     ldconfig: list[str] | None  # `ldconfig -p` lines
     docker_info: DockerInfoData | None
+    mig_instances: MigInstancesInfo | None  # read only where MIG layouts are expected
     container_gpu_run: CommandRun | None  # `docker run --rm --gpus all IMAGE nvidia-smi -L`
     smoke_test: dict[str, Any] | None  # tf_smoke_test.py's JSON line, parsed
     smoke_test_output: str | None  # everything the smoke test run printed

@@ -35,12 +35,14 @@ from gpufleet.facts.docker import (
 )
 from gpufleet.facts.files import FileDigests, FolderFiles, SymlinkTargets
 from gpufleet.facts.gpu_users import GpuUsers, GpuUsersInfo
+from gpufleet.facts.mig import MigInstances
 from gpufleet.facts.network import NetworkInterfaces
 from gpufleet.facts.nvidia import NvidiaKernel, NvidiaKernelInfo, NvidiaSmi, NvidiaSmiInfo
 from gpufleet.facts.pci import NvidiaPciDevices
 from gpufleet.facts.secure_boot import SecureBoot, SecureBootState
 from gpufleet.facts.systemd_units import UnitMainCommands
 from gpufleet.stack.hardware import PciDevice
+from gpufleet.stack.mig import MigInstancesInfo
 
 SECTION_MARKER = "@@gpufleet:section:"
 
@@ -166,6 +168,7 @@ class GpuHostStateInfo(TypedDict):
     unit_commands: dict[str, str]
     docker_group: DockerGroupInfo
     network_interfaces: list[str]
+    mig_instances: MigInstancesInfo
 
 
 # Section name -> the fact that gathers and parses it. Processing never needs the command
@@ -198,6 +201,7 @@ SECTION_FACTS: dict[str, FactBase] = {
     "unit_commands": UnitMainCommands(),
     "docker_group": DockerGroup(),
     "network_interfaces": NetworkInterfaces(),
+    "mig_instances": MigInstances(),
 }
 
 
@@ -213,6 +217,7 @@ def section_arguments(
     image: str,
     artifact_folder: str,
     users: Sequence[str],
+    mig: bool,
 ) -> dict[str, dict[str, Any]]:
     """Each section's fact arguments (GpuHostState's, spread over its sections), {} for none."""
     arguments: dict[str, dict[str, Any]] = {
@@ -230,6 +235,7 @@ def section_arguments(
         "units_enabled": {"services": list(units)},
         "unit_commands": {"units": list(units)},
         "docker_group": {"users": list(users)},
+        "mig_instances": {"wanted": mig},
     }
     return {name: arguments.get(name, {}) for name in SECTION_FACTS}
 
@@ -260,7 +266,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
     host_artifacts (FolderFiles of ``artifact_folder``), symlink_targets (SymlinkTargets of
     ``symlinks``), units_running and units_enabled (SystemdStatus and SystemdEnabled of
     ``units``), unit_commands (UnitMainCommands of ``units``), docker_group (DockerGroup of
-    ``users``), network_interfaces.
+    ``users``), network_interfaces, mig_instances (MigInstances, read only with ``mig``).
     """
 
     @staticmethod
@@ -280,6 +286,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
         image: str = "",
         artifact_folder: str = "",
         users: Sequence[str] = (),
+        mig: bool = False,
     ) -> str:
         # Checked here: section_arguments' list() would split a string before the sections see it.
         require_lists(
@@ -305,6 +312,7 @@ class GpuHostState(FactBase[GpuHostStateInfo]):
                 image=image,
                 artifact_folder=artifact_folder,
                 users=users,
+                mig=mig,
             )
         )
 

@@ -23,7 +23,8 @@ class GpuInfo(TypedDict):
     pci_bus_id: str
     memory_total_mib: int | None
     persistence_mode: bool
-    mig_mode: str | None
+    mig_mode: str | None  # current: "Enabled", "Disabled"; None where the GPU has no MIG
+    mig_mode_pending: str | None  # what it becomes at the next GPU reset or reboot
 
 
 class GpuProcess(TypedDict):
@@ -92,6 +93,7 @@ def parse_nvidia_smi_xml(text: str) -> NvidiaSmiInfo:
                 "memory_total_mib": _mebibytes(_text(gpu, "fb_memory_usage/total")),
                 "persistence_mode": _text(gpu, "persistence_mode") == "Enabled",
                 "mig_mode": _available(_text(gpu, "mig_mode/current_mig")),
+                "mig_mode_pending": _available(_text(gpu, "mig_mode/pending_mig")),
             },
         )
         for process in gpu.findall("processes/process_info"):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from pyinfra.api import FactBase
 
 from gpufleet.facts.gpu_host import SECTION_FACTS, combined_command, fact_value, split_sections
+from gpufleet.facts.mig import MigInstances
 from gpufleet.facts.nvidia import NvrmMessages
 from gpufleet.stack.nccl import NCCL_CONF_PATH
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
     from gpufleet.stack.hardware import PciDevice
+    from gpufleet.stack.mig import MigInstancesInfo
 
 # A command run's section starts with what was run and ends with its exit status.
 RUN_MARKER = "@@gpufleet:run:"
@@ -132,6 +134,7 @@ class VerificationEvidenceInfo(TypedDict):
     cudnn_version: str | None
     ldconfig: list[str] | None
     docker_info: DockerInfoData | None
+    mig_instances: MigInstancesInfo
     container_gpu_run: CommandRun | None
     smoke_test_run: CommandRun | None
     host_smoke_test_run: CommandRun | None
@@ -148,6 +151,7 @@ EVIDENCE_FACTS: dict[str, FactBase] = {
     "cudnn_version": SECTION_FACTS["cudnn_version"],
     "ldconfig": LoaderCache(),
     "docker_info": SECTION_FACTS["docker_info"],
+    "mig_instances": MigInstances(),
 }
 # The pinned packages' versions and holds (DebPackageStates, with the packages as arguments).
 PACKAGE_STATES = SECTION_FACTS["packages"]
@@ -161,8 +165,10 @@ def evidence_sections(
     host_python: str | None,
     packages: Sequence[str],
     nccl_conf: bool,
+    mig: bool,
 ) -> str:
     sections = {name: str(fact.command()) for name, fact in EVIDENCE_FACTS.items()}
+    sections["mig_instances"] = MigInstances().command(wanted=mig)
     sections["packages"] = str(PACKAGE_STATES.command(packages=list(packages)))
     container_gpu_run = command_run_script(container_gpus_command(image))
     if not smoke_test:
@@ -209,7 +215,8 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
     ``packages`` (versions, holds), with ``smoke_test`` of the
     TensorFlow smoke test in IMAGE expecting ``expected_gpus`` (0: at least one), and with
     ``host_python`` of the smoke test run by that interpreter on the host (when it exists);
-    ``nccl_conf``: the container smoke test mounts the host's /etc/nccl.conf. Reads
+    ``nccl_conf``: the container smoke test mounts the host's /etc/nccl.conf; ``mig``: the
+    GPUs' MIG instances (MigInstances) are read. Reads
     only; the containers are removed when they exit.
     """
 
@@ -225,8 +232,11 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
         host_python: str | None = None,
         packages: Sequence[str] = (),
         nccl_conf: bool = False,
+        mig: bool = False,
     ) -> str:
-        return evidence_sections(image, smoke_test, expected_gpus, host_python, packages, nccl_conf)
+        return evidence_sections(
+            image, smoke_test, expected_gpus, host_python, packages, nccl_conf, mig
+        )
 
     def process(self, output: list[str]) -> VerificationEvidenceInfo:
         return parse_verification_evidence(output)

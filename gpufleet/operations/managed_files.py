@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
@@ -78,3 +78,21 @@ def link(path: str, target: str):
         return
     yield StringCommand("mkdir", "-p", QuoteString(posixpath.dirname(path)))
     yield StringCommand("ln", "-sfn", QuoteString(target), QuoteString(path))
+
+
+@operation()
+def absent(files: Sequence[str], links: Sequence[str] = ()):
+    """
+    Remove the files and symbolic links that exist.
+
+    + files: regular files
+    + links: symbolic links
+    """
+    present = [
+        *snapshot.current(FileDigests, paths=sorted(files)),
+        *snapshot.current(SymlinkTargets, paths=sorted(links)),
+    ]
+    if not present:
+        host.noop(f"{len(files) + len(links)} path(s) already absent")
+        return
+    yield StringCommand("rm", "-f", *(QuoteString(path) for path in sorted(present)))

@@ -91,6 +91,7 @@ def test_combined_state_equals_individual_facts(tmp_path: Path, shell: str) -> N
         "image": "tensorflow/tensorflow:2.9.0-gpu",
         "artifact_folder": str(artifacts),
         "users": ["root", "gpufleet-no-such-user"],
+        "mig": True,
     }
 
     state = run_fact(GpuHostState(), shell, **arguments)

@@ -27,6 +27,7 @@ def test_gt1030_single_gpu() -> None:
             "memory_total_mib": 1998,
             "persistence_mode": False,
             "mig_mode": None,
+            "mig_mode_pending": None,
         },
     ]
     assert len(info["processes"]) == 10
@@ -60,7 +61,7 @@ def test_tesla_t4_processes() -> None:
 def test_a100_mig_enabled_and_index_is_document_order() -> None:
     info = parse_nvidia_smi_xml(fixture_text("nvidia-smi-q-x-a100-mig-535.54.03.xml"))
     (gpu,) = info["gpus"]
-    assert gpu["mig_mode"] == "Enabled"
+    assert (gpu["mig_mode"], gpu["mig_mode_pending"]) == ("Enabled", "Enabled")
     # minor_number is 1 in this output: the index must not come from it.
     assert gpu["index"] == 0
     assert gpu["name"] == "NVIDIA A100-SXM4-80GB"
