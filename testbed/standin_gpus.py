@@ -53,6 +53,10 @@ TESLA_T4 = StandinGpu("Tesla T4", "1eb8", 15109, 70)
 # nvidia-reference nvidia-smi.txt): a GPU every branch gpufleet installs drives, with the
 # proprietary modules only, so it leaves each branch's package names as they were.
 TESLA_V100 = StandinGpu("Tesla V100-SXM2-16GB", "1db1", 16160, 300)
+# The stand-in nvidia-smi's MIG GPUs are this A100 and the H100 above: "NVIDIA A100-PCIE-40GB |
+# 40960MiB | 250W" in real R535+ tables (code corpus ids 5675205116, 14036933393), device id 20f1
+# as the driver README's supported-GPU list names it ("NVIDIA A100-PCIE-40GB | 20F1 10DE 145F").
+A100_PCIE_40GB = StandinGpu("NVIDIA A100-PCIE-40GB", "20f1", 40960, 250)
 # The NVSwitch of HGX A100 boards (`lspci -d 10de:1af1` in aws-parallelcluster-cookbook).
 A100_NVSWITCH = StandinNvswitch("1af1")
 

@@ -268,7 +268,7 @@ def gpu_host() -> None:
         nccl_conf(settings=settings.nccl_settings)
     if settings.gpu_mig_layouts:
         mig_layouts(layouts=settings.mig_creation_layouts)
-    else:
+    elif mig.LAYOUTS_PATH in host_state["file_digests"]:
         no_mig_layouts()
     image_archive = settings.tensorflow_image_archive_sha256
     if settings.gpu_verify and not image_archive:

@@ -136,24 +136,22 @@ def creation_order(layout: Sequence[str]) -> list[str]:
     return sorted(layout, key=lambda name: (*(-part for part in size(name)), name))
 
 
-def placed(layout: Sequence[str], profiles: Sequence[MigProfile]) -> list[int] | None:
+def fits(layout: Sequence[str], profiles: Sequence[MigProfile]) -> bool:
     """
-    The start slice each instance of ``creation_order(layout)`` would get, or None where one
-    does not fit. The driver chooses placements itself; the real outputs show it filling from
-    the highest slices (NVIDIA's A100 example puts its first 3g.20gb at 4:4, an H100's first
-    1g.10gb lands at 6:1), which this models as "the highest free placement".
+    Whether ``creation_order(layout)`` can be created, each instance at a free placement of its
+    profile. The driver picks each placement itself; putting each at its highest free one gives
+    the same verdict as NVIDIA's own choice (the tightest hole, which the real outputs show)
+    for every layout of up to seven instances in creation order.
     """
     by_name = {profile.name: profile for profile in profiles}
     used: set[int] = set()
-    starts: list[int] = []
     for name in creation_order(layout):
         profile = by_name[name]
         free = [start for start in profile.placements if used.isdisjoint(profile.slices(start))]
         if not free:
-            return None
-        starts.append(max(free))
+            return False
         used.update(profile.slices(max(free)))
-    return starts
+    return True
 
 
 def layout_problem(
@@ -180,7 +178,7 @@ def layout_problem(
         )
     counts = Counter(layout)
     too_many = [name for name, count in counts.items() if count > offered[name].instances]
-    if too_many or placed(layout, profiles) is None:
+    if too_many or not fits(layout, profiles):
         return (
             f"{where}: GPU {gpu_index} ({gpu_name}) cannot hold these instances together "
             f"(Insufficient Resources); it offers {profiles_text(profiles)}, on 7 compute and "

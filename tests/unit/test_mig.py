@@ -94,15 +94,15 @@ A100 = mig.MIG_PROFILES["20b1"]
 H100 = mig.MIG_PROFILES["2330"]
 
 
-def test_placements_fill_from_the_highest_slices() -> None:
-    # NVIDIA's A100 example: the first 3g.20gb at 4:4, the second at 0:4.
-    assert mig.placed(["3g.20gb", "3g.20gb"], A100) == [4, 0]
-    assert mig.placed(["1g.10gb"] * 7, H100) == [6, 5, 4, 3, 2, 1, 0]
-    # 3g + 2g + 1g + 1g fits an A100 40GB (4:4, 2:2, 1:1, 0:1).
-    assert mig.placed(["1g.5gb", "2g.10gb", "1g.5gb", "3g.20gb"], A100) == [4, 2, 1, 0]
-    assert mig.placed(["4g.20gb", "3g.20gb"], A100) == [0, 4]
-    assert mig.placed(["3g.20gb", "3g.20gb", "1g.5gb"], A100) is None
-    assert mig.placed(["7g.40gb", "1g.5gb"], A100) is None
+def test_what_fits() -> None:
+    assert mig.fits(["3g.20gb", "3g.20gb"], A100)
+    assert mig.fits(["1g.10gb"] * 7, H100)
+    # 3g + 2g + 1g + 1g fits an A100 40GB in any order it is written.
+    assert mig.fits(["1g.5gb", "2g.10gb", "1g.5gb", "3g.20gb"], A100)
+    assert mig.fits(["4g.20gb", "3g.20gb"], A100)
+    assert not mig.fits(["3g.20gb", "3g.20gb", "1g.5gb"], A100)
+    assert not mig.fits(["7g.40gb", "1g.5gb"], A100)
+    assert not mig.fits(["4g.40gb", "4g.40gb"], H100)
 
 
 def test_layout_problems_name_the_key_the_value_and_the_offer() -> None:
