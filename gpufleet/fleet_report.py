@@ -46,6 +46,7 @@ COLUMNS = (
     ("gpus", "GPUs"),
     ("tensorflow", "TensorFlow"),
     ("matmul_ms", "matmul ms per GPU"),
+    ("dcgm", "DCGM diagnostic"),
     ("holds", "Holds"),
     ("broken_layer", "Broken layer"),
     ("checked", "Checked"),
@@ -258,6 +259,39 @@ def matmul_text(smoke_test: dict[str, Any] | None) -> str:
     return ", ".join(timings) or "-"
 
 
+# The DCGM figures a row shows, by their name in the result's dcgm_diag (facts/dcgm.py FIGURES).
+DCGM_FIGURES = (
+    ("host_to_gpu_gb_s", "H2D {:g} GB/s"),
+    ("gpu_to_host_gb_s", "D2H {:g} GB/s"),
+    ("gflops", "{:g} GFLOPS"),
+    ("max_power_w", "{:g} W max"),
+)
+
+
+def dcgm_text(diag: dict[str, Any] | None) -> str:
+    """`L2 pass` or `L2 FAIL: pcie`, then each GPU's figures: what gpu_dcgm's run measured."""
+    if diag is None:
+        return "-"
+    level = optional(diag, "level", int)
+    failed = sorted(
+        name
+        for name, result in (optional(diag, "summary", dict) or {}).items()
+        if isinstance(result, dict) and result.get("status") in ("fail", "warn")
+    )
+    parts = [f"L{level} " + (f"FAIL: {', '.join(failed)}" if failed else "pass")]
+    for gpu in objects(diag, "gpus"):
+        measured = [
+            label.format(value)
+            for test in (optional(gpu, "tests", dict) or {}).values()
+            if isinstance(test, dict)
+            for name, label in DCGM_FIGURES
+            if isinstance(value := (test.get("figures") or {}).get(name), (int, float))
+        ]
+        if measured:
+            parts.append(f"{gpu.get('gpu')}: {', '.join(measured)}")
+    return "; ".join(parts)
+
+
 def flagged_checks(verdict: dict[str, Any], state: str) -> tuple[str, list[dict[str, Any]]]:
     """
     (layer, checks): the checks that did not pass in the first layer in ``state`` that has any,
@@ -329,6 +363,7 @@ def host_row(result: dict[str, Any], pins: Expectations, result_file: str) -> Ro
         "gpus": gpu_models(gpus),
         "tensorflow": tensorflow_text(smoke_test),
         "matmul_ms": matmul_text(smoke_test),
+        "dcgm": dcgm_text(optional(facts, "dcgm_diag", dict)),
         "holds": holds_text(result),
         "broken_layer": optional(verdict, "broken_layer", str)
         or ("-" if state == "ok" else f"({state})"),

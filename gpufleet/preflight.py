@@ -37,7 +37,7 @@ from gpufleet.settings import (
     SettingsError,
     read_settings,
 )
-from gpufleet.stack import catalog, compat, installers
+from gpufleet.stack import catalog, compat, dcgm, installers
 from gpufleet.stack.hardware import PciBus
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod, InstalledForms
 from gpufleet.stack.repositories import DriverNaming
@@ -179,6 +179,8 @@ def plan_or_refusal(
             plan.methods, settings.cuda_package_version, artifact_keys(settings)
         )
         problems += signing_file_problems(settings, host_state["file_digests"])
+        if settings.gpu_dcgm:
+            problems += dcgm.dcgm_problems(plan.driver.branch, settings.gpu_dcgm_diag_level)
     keyrings = keyrings_or_refusal(settings, plan, problems, repositories)
     if plan is None or keyrings is None:
         return None

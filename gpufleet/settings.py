@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from pyinfra.api.exceptions import DeployError
 
-from gpufleet.stack import accounts, catalog, compat, mig, nccl, slurm
+from gpufleet.stack import accounts, catalog, compat, dcgm, mig, nccl, slurm
 from gpufleet.stack.installers import SHA256, CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.slurm import Scheduler
 from gpufleet.stack.urls import redact, url_problem
@@ -533,6 +533,12 @@ class GpuSettings(BaseModel):
     ] = Field(default=None, examples=["=eth0"])
     nccl_ib_disable: Annotated[bool | None, BeforeValidator(_optional_flag)] = None
     nccl_debug: Annotated[nccl.NcclDebug | None, _choice(nccl.NcclDebug)] = None
+    # NVIDIA DCGM pinned for the driver branch, nv-hostengine running, and `dcgmi diag -r LEVEL`
+    # in the verification (1: software, seconds; 2: + PCIe and memory; 3: + GEMM and stress).
+    gpu_dcgm: Flag = False
+    gpu_dcgm_diag_level: Annotated[
+        int, _whole_number(1, "a dcgmi diag level (1, 2 or 3)", dcgm.DEFAULT_DIAG_LEVEL)
+    ] = dcgm.DEFAULT_DIAG_LEVEL
     # GPU index -> the MIG GPU instances it holds, each with its compute instance ([]: MIG
     # disabled); GPUs left out are left alone. Kept across reboots by a boot unit.
     gpu_mig_layouts: Annotated[dict[int, list[str]], BeforeValidator(_mig_layouts)] = Field(

@@ -57,6 +57,7 @@ class StandinPackage:
     version: str
     description: str
     depends: tuple[str, ...] = ()
+    pre_depends: tuple[str, ...] = ()
     provides: tuple[str, ...] = ()
     breaks: tuple[str, ...] = ()
     replaces: tuple[str, ...] = ()
@@ -79,6 +80,7 @@ class StandinPackage:
             "Architecture": self.architecture,
             "Maintainer": MAINTAINER,
             "Priority": "optional",
+            "Pre-Depends": ", ".join(self.pre_depends),
             "Depends": ", ".join(self.depends),
             "Provides": ", ".join(self.provides),
             "Breaks": ", ".join(self.breaks),
@@ -1082,6 +1084,114 @@ def nccl_package(build: str, cuda: str) -> StandinPackage:
     )
 
 
+# DCGM (gpufleet/stack/SOURCES.md, "MIG layouts and DCGM" §6-7): 3.3.9, the last 3.x and
+# gpufleet's pin for R470; 4.5.3, its pin for R535 and R580; 4.6.0, newer, which an unpinned
+# install picks. Which directories carry which releases is NOT FOUND (1:3.3.9 is in ubuntu2204
+# and ubuntu2404): every directory carries all three.
+DCGM_STANDIN_RELEASES = ("3.3.9", "4.5.3", "4.6.0")
+# The 4.x plugin packages per CUDA major of the driver (cuda13 from 4.4.1).
+DCGM4_CUDA_MAJORS = (11, 12, 13)
+# scripts/deb/postinst of NVIDIA/DCGM (3.3.9 and 4.x alike), its license header left out: the
+# account nv-hostengine's --service-account names, and the diagnostic's log folder.
+DCGM_POSTINST = """\
+#!/bin/sh
+# set -e added below so we don't quit on an existing user
+set -uf
+
+service_user=nvidia-dcgm
+default_log_dir=/var/log/nvidia-dcgm
+
+# Options:
+# -U: always create group, regardless of login.defs configuration
+# -r: system user (implies -M, no home directory)
+# -s: specify shell
+useradd -Urs /usr/sbin/nologin ${service_user}
+retcode=$?
+
+# From this point on, automatically exit on error
+set -e
+
+if [ $retcode -ne 0 ] && [ $retcode -ne 9 ]; then
+    exit $retcode
+fi
+
+mkdir -p ${default_log_dir}
+chown ${service_user}:${service_user} ${default_log_dir}
+chmod 755 ${default_log_dir}
+"""
+# 3.x's package replaced these (cmake/packaging.cmake at 3.3.9).
+DCGM3_REPLACED = (
+    "datacenter-gpu-manager",
+    "datacenter-gpu-manager-fabricmanager (<< 2.0)",
+    "datacenter-gpu-manager-dcp-nda-only",
+    "datacenter-gpu-manager-collectd",
+    "datacenter-gpu-manager-wsgi",
+    "datacenter-gpu-manager-fabricmanager-internal-api-header",
+)
+
+
+def dcgm_files(version: str) -> dict[str, Payload]:
+    """nv-hostengine, dcgmi and nvidia-dcgm.service: the unit of 4.1.0 to 4.6.0 (NVIDIA's
+    template, filled as CMake fills it). 3.3.9's differs in its comments and has
+    Conflicts=dcgm.service for 4.x's Alias=dcgm.service, beside a deprecated dcgm.service it
+    ships too: not modelled."""
+    return {
+        "/usr/bin/nv-hostengine": program("nv-hostengine", DCGM_VERSION=version),
+        "/usr/bin/dcgmi": program("dcgmi", DCGM_VERSION=version),
+        "/usr/lib/systemd/system/nvidia-dcgm.service": text_file(
+            payload_text("nvidia-dcgm.service", CMAKE_INSTALL_BINDIR="bin")
+        ),
+    }
+
+
+def dcgm_packages() -> list[StandinPackage]:
+    """DCGM's packages as cmake/packaging.cmake of each release names them: 3.x one package,
+    epoch 1 and no revision; 4.x the core and a plugins package per CUDA major, 1:X-1, the
+    plugins at the core's exact version. The plugins packages install nothing here (the
+    diagnostic stand-in needs no plugin); 4.x's Recommends (libnuma1, and the closed-source
+    -proprietary packages of NVIDIA's repository) are left out, as gpufleet installs without."""
+    packages = []
+    for release in DCGM_STANDIN_RELEASES:
+        if int(release.split(".")[0]) < 4:
+            packages.append(
+                StandinPackage(
+                    "datacenter-gpu-manager",
+                    f"1:{release}",
+                    "NVIDIA® Datacenter GPU Management Tools",
+                    depends=("libc6 (>= 2.17)",),
+                    provides=("datacenter-gpu-manager",),
+                    conflicts=DCGM3_REPLACED,
+                    replaces=DCGM3_REPLACED,
+                    files=dcgm_files(release),
+                    scripts={"postinst": DCGM_POSTINST},
+                )
+            )
+            continue
+        version = f"1:{release}-1"
+        core = StandinPackage(
+            "datacenter-gpu-manager-4-core",
+            version,
+            "CUDA-version agnostic components of NVIDIA® Datacenter GPU Manager (DCGM)",
+            pre_depends=("passwd", "login"),
+            depends=("libc6 (>= 2.27)", "lshw"),
+            conflicts=("datacenter-gpu-manager",),
+            files=dcgm_files(release),
+            scripts={"postinst": DCGM_POSTINST},
+        )
+        packages.append(core)
+        packages += [
+            StandinPackage(
+                f"datacenter-gpu-manager-4-cuda{major}",
+                version,
+                f"NVIDIA® Datacenter GPU Manager (DCGM) binaries for CUDA{major} systems",
+                depends=(f"{core.name} (= {version})",),
+                provides=(f"datacenter-gpu-manager-4 (= {version})",),
+            )
+            for major in DCGM4_CUDA_MAJORS
+        ]
+    return packages
+
+
 # 1.17.4 (gpufleet's default), 1.17.8 (CVE-2025-23266/23267 fixed) and 1.18.2, the newest 1.18.x
 # (git tags, SOURCES.md §10).
 CONTAINER_TOOLKIT_VERSIONS = ("1.17.4", "1.17.8", "1.18.2")
@@ -1252,6 +1362,7 @@ def cuda_directory_packages(directory: str) -> list[StandinPackage]:
     packages += [p for release in contents.toolkits for p in toolkit_packages(toolkits[release])]
     packages += [p for build, cuda in contents.cudnn for p in cudnn_packages(build, cuda)]
     packages += [nccl_package(build, cuda) for build, cuda in contents.nccl]
+    packages += dcgm_packages()
     return unique_packages(packages)
 
 
@@ -1281,7 +1392,7 @@ def external_dependencies(packages: list[StandinPackage]) -> list[str]:
     own = {p.name for p in packages} | {
         provided.split()[0] for p in packages for provided in p.provides
     }
-    names = {d.split()[0] for p in packages for d in p.depends}
+    names = {d.split()[0] for p in packages for d in (*p.pre_depends, *p.depends)}
     return sorted(names - own)
 
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,13 +338,13 @@ class OperationCase:
     uploads: dict[str, bytes] = field(default_factory=dict)
 
 
-def operation_commands(
-    operation: Any, args: dict[str, Any], facts: dict[str, Any]
-) -> PlannedOperation:
+def fake_host_commands(
+    add: Callable[[State], Any], facts: dict[str, Any]
+) -> list[PlannedOperation]:
     """
-    What ``operation`` yields for ``args`` on a @fake host whose facts are ``facts``, planned
-    through pyinfra's API. Reading a fact the case does not give fails, but for pyinfra's TmpDir
-    (an upload's temporary name), which is left to pyinfra's default.
+    What the operations ``add(state)`` adds yield on a @fake host whose facts are ``facts``,
+    planned through pyinfra's API. Reading a fact the case does not give fails, but for
+    pyinfra's TmpDir (an upload's temporary name), which is left to pyinfra's default.
     """
     facts = {"TmpDir": "", **facts}
     state = State(Inventory((["@fake/host"], {})), Config())
@@ -355,5 +356,12 @@ def operation_commands(
         return facts[fact.__name__]
 
     with patch.object(fake_host, "get_fact", given_fact):
-        add_op(state, operation, **args)
-        return generated_commands(state, fake_host, state.get_op_order()[-1])
+        add(state)
+        return [generated_commands(state, fake_host, op_hash) for op_hash in state.get_op_order()]
+
+
+def operation_commands(
+    operation: Any, args: dict[str, Any], facts: dict[str, Any]
+) -> PlannedOperation:
+    """What ``operation`` yields for ``args`` on a @fake host whose facts are ``facts``."""
+    return fake_host_commands(lambda state: add_op(state, operation, **args), facts)[-1]

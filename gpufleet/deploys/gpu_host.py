@@ -23,6 +23,7 @@ from gpufleet.deploys.cuda import (
     environment_files,
 )
 from gpufleet.deploys.cudnn import cudnn
+from gpufleet.deploys.dcgm import dcgm
 from gpufleet.deploys.docker import docker
 from gpufleet.deploys.driver_upgrade import install_driver, prepare_driver_change
 from gpufleet.deploys.mig import mig_layouts, no_mig_layouts
@@ -64,6 +65,7 @@ from gpufleet.stack.daemon_json import (
     restart_reason,
     restart_refusal,
 )
+from gpufleet.stack.dcgm import DCGM_SERVICE
 from gpufleet.stack.hardware import PciBus
 from gpufleet.stack.installers import CudaInstallMethod, CudnnInstallMethod
 from gpufleet.stack.nccl import NCCL_CONF_PATH, interface_problem
@@ -110,7 +112,12 @@ def managed_state(settings: GpuSettings) -> dict[str, Any]:
         "daemon_json_path": DAEMON_JSON_PATH,
         "files": sorted(files),
         "symlinks": [PERSISTENCED_BOOT_LINK, mig.BOOT_LINK],
-        "units": [DOCKER_SERVICE, PERSISTENCED_SERVICE, catalog.FABRIC_MANAGER_SERVICE],
+        "units": [
+            DOCKER_SERVICE,
+            PERSISTENCED_SERVICE,
+            catalog.FABRIC_MANAGER_SERVICE,
+            DCGM_SERVICE,
+        ],
         "toolkit_path": installers.toolkit_path(settings.cuda_version),
         "image": settings.tensorflow_image,
         "artifact_folder": installers.HOST_ARTIFACT_DIR,
@@ -270,6 +277,13 @@ def gpu_host() -> None:
         mig_layouts(layouts=settings.mig_creation_layouts)
     elif mig.LAYOUTS_PATH in host_state["file_digests"]:
         no_mig_layouts()
+    if settings.gpu_dcgm:
+        bus = PciBus.from_devices(host_state["pci_devices"])
+        dcgm(
+            driver_branch=plan.driver.branch,
+            architectures={model.architecture for _, model in bus.known},
+            lock_timeout=settings.gpu_apt_lock_timeout,
+        )
     image_archive = settings.tensorflow_image_archive_sha256
     if settings.gpu_verify and not image_archive:
         artifacts.pulled_image(

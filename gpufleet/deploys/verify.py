@@ -48,6 +48,7 @@ from gpufleet.settings import DATA_DEFAULTS, GpuSettings
 from gpufleet.stack import catalog
 from gpufleet.stack.catalog import HOST_TEST_PACKAGES
 from gpufleet.stack.compat import tensorflow_version_of_image
+from gpufleet.stack.dcgm import DCGM_PACKAGE_PATTERNS
 from gpufleet.stack.hardware import PciBus, PciDevice, framework_coverage
 from gpufleet.stack.versions import upstream_version
 
@@ -66,6 +67,7 @@ def expectations_for(settings: GpuSettings, driver_version: str) -> Expectations
         default_runtime=settings.docker_default_runtime,
         tensorflow_image=settings.tensorflow_image,
         mig_layouts=settings.gpu_mig_layouts,
+        dcgm_diag_level=settings.gpu_dcgm_diag_level if settings.gpu_dcgm else None,
     )
 
 
@@ -89,6 +91,7 @@ def host_evidence(
         "ldconfig": gathered["ldconfig"],
         "docker_info": gathered["docker_info"],
         "mig_instances": gathered["mig_instances"],
+        "dcgm_diag": gathered["dcgm_diag"],
         "container_gpu_run": gathered["container_gpu_run"],
         "smoke_test": parse_smoke_test_output(smoke_test_output or ""),
         "smoke_test_output": smoke_test_output,
@@ -222,6 +225,7 @@ def verified(
         packages=pinned_packages,
         nccl_conf=nccl_conf,
         mig=bool(expectations.mig_layouts),
+        dcgm_diag_level=expectations.dcgm_diag_level,
     )
     evidence = host_evidence(host.name, gathered, host_test=host_python is not None)
     verdict = diagnose(evidence, expectations)
@@ -299,6 +303,7 @@ def pinned_package_names(settings: GpuSettings) -> tuple[str, ...]:
         *catalog.cuda_toolkit_packages(settings.cuda_version, settings.cuda_package_version),
         *catalog.CUDNN_PACKAGES,
         *catalog.CONTAINER_TOOLKIT_PACKAGES,
+        *DCGM_PACKAGE_PATTERNS,
     )
 
 

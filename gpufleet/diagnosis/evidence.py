@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the facts modules import pyinfra; only their shapes are nee
     from gpufleet.facts.cuda import CudaToolkitsInfo
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
+    from gpufleet.stack.dcgm import DcgmDiagInfo
     from gpufleet.stack.hardware import PciDevice
     from gpufleet.stack.mig import MigInstancesInfo
 
@@ -30,6 +31,7 @@ class Expectations:
     tensorflow_image: str = "tensorflow/tensorflow:2.9.0-gpu"
     # GPU index -> its MIG instances' profiles ([]: MIG disabled); GPUs left out are not checked.
     mig_layouts: Mapping[int, list[str]] = field(default_factory=dict)
+    dcgm_diag_level: int | None = None  # None: DCGM's diagnostic is not expected
 
 
 class CommandRun(TypedDict):
@@ -55,6 +57,7 @@ class HostEvidence(TypedDict, total=False):
     ldconfig: list[str] | None  # `ldconfig -p` lines
     docker_info: DockerInfoData | None
     mig_instances: MigInstancesInfo | None  # read only where MIG layouts are expected
+    dcgm_diag: DcgmDiagInfo | None  # `dcgmi diag`, run only where gpu_dcgm is on
     container_gpu_run: CommandRun | None  # `docker run --rm --gpus all IMAGE nvidia-smi -L`
     smoke_test: dict[str, Any] | None  # tf_smoke_test.py's JSON line, parsed
     smoke_test_output: str | None  # everything the smoke test run printed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpufleet.diagnosis.checks import Check, outcome, unverified
 from gpufleet.diagnosis.evidence import Expectations, HostEvidence
+from gpufleet.stack.dcgm import DCGM_SERVICE, DIAG_LEVELS, diag_problems, worst_status
 from gpufleet.stack.hardware import PciBus
 
 
@@ -38,8 +39,34 @@ def check_hardware(evidence: HostEvidence, expectations: Expectations) -> list[C
             f"{seen} NVIDIA GPU(s) on the PCI bus, expected {expected}",
             "check the cards are seated and powered and enabled in the BIOS, or fix the "
             "inventory's expected GPU count",
-        )
+        ),
+        *([check_dcgm_diag(evidence, expectations)] if expectations.dcgm_diag_level else []),
     ]
+
+
+def check_dcgm_diag(evidence: HostEvidence, expectations: Expectations) -> Check:
+    """DCGM's diagnostic at the fleet's level: every test passed on every GPU."""
+    level = expectations.dcgm_diag_level or 1
+    name = f"DCGM diagnostic, level {DIAG_LEVELS[level].describe()}"
+    info = evidence.get("dcgm_diag")
+    problems = diag_problems(info, expectations.expected_gpu_count)
+    seen = (
+        "; ".join(
+            f"GPU {gpu['gpu']}: "
+            + worst_status(result["status"] for result in gpu["tests"].values())
+            for gpu in info["gpus"]
+        )
+        if info and info["gpus"]
+        else "no GPU diagnosed"
+    )
+    return outcome(
+        name,
+        not problems,
+        seen,
+        "; ".join(problems),
+        f"read `dcgmi diag -r {level} -v` on the host; a failing GPU test with the stack in "
+        f"place is the GPU's (reseat or replace it); is {DCGM_SERVICE} running?",
+    )
 
 
 def host_gpu_count(evidence: HostEvidence) -> int | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 from pyinfra.api import FactBase
 
+from gpufleet.facts.dcgm import DcgmDiag
 from gpufleet.facts.gpu_host import SECTION_FACTS, combined_command, fact_value, split_sections
 from gpufleet.facts.mig import MigInstances
 from gpufleet.facts.nvidia import NvrmMessages
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from gpufleet.facts.cuda import CudaToolkitsInfo
     from gpufleet.facts.docker import DockerInfoData
     from gpufleet.facts.nvidia import NvidiaKernelInfo, NvidiaSmiInfo
+    from gpufleet.stack.dcgm import DcgmDiagInfo
     from gpufleet.stack.hardware import PciDevice
     from gpufleet.stack.mig import MigInstancesInfo
 
@@ -135,6 +137,7 @@ class VerificationEvidenceInfo(TypedDict):
     ldconfig: list[str] | None
     docker_info: DockerInfoData | None
     mig_instances: MigInstancesInfo
+    dcgm_diag: DcgmDiagInfo | None
     container_gpu_run: CommandRun | None
     smoke_test_run: CommandRun | None
     host_smoke_test_run: CommandRun | None
@@ -152,6 +155,7 @@ EVIDENCE_FACTS: dict[str, FactBase] = {
     "ldconfig": LoaderCache(),
     "docker_info": SECTION_FACTS["docker_info"],
     "mig_instances": MigInstances(),
+    "dcgm_diag": DcgmDiag(),
 }
 # The pinned packages' versions and holds (DebPackageStates, with the packages as arguments).
 PACKAGE_STATES = SECTION_FACTS["packages"]
@@ -166,9 +170,14 @@ def evidence_sections(
     packages: Sequence[str],
     nccl_conf: bool,
     mig: bool,
+    dcgm_diag_level: int | None,
 ) -> str:
     sections = {name: str(fact.command()) for name, fact in EVIDENCE_FACTS.items()}
     sections["mig_instances"] = MigInstances().command(wanted=mig)
+    if dcgm_diag_level is None:
+        del sections["dcgm_diag"]
+    else:
+        sections["dcgm_diag"] = DcgmDiag().command(level=dcgm_diag_level)
     sections["packages"] = str(PACKAGE_STATES.command(packages=list(packages)))
     container_gpu_run = command_run_script(container_gpus_command(image))
     if not smoke_test:
@@ -216,7 +225,8 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
     TensorFlow smoke test in IMAGE expecting ``expected_gpus`` (0: at least one), and with
     ``host_python`` of the smoke test run by that interpreter on the host (when it exists);
     ``nccl_conf``: the container smoke test mounts the host's /etc/nccl.conf; ``mig``: the
-    GPUs' MIG instances (MigInstances) are read. Reads
+    GPUs' MIG instances (MigInstances) are read; ``dcgm_diag_level``: DCGM's diagnostic runs at
+    that level (DcgmDiag; None: not run). Reads
     only; the containers are removed when they exit.
     """
 
@@ -233,9 +243,17 @@ class VerificationEvidence(FactBase[VerificationEvidenceInfo]):
         packages: Sequence[str] = (),
         nccl_conf: bool = False,
         mig: bool = False,
+        dcgm_diag_level: int | None = None,
     ) -> str:
         return evidence_sections(
-            image, smoke_test, expected_gpus, host_python, packages, nccl_conf, mig
+            image,
+            smoke_test,
+            expected_gpus,
+            host_python,
+            packages,
+            nccl_conf,
+            mig,
+            dcgm_diag_level,
         )
 
     def process(self, output: list[str]) -> VerificationEvidenceInfo:

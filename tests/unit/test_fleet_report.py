@@ -19,6 +19,7 @@ from gpufleet.diagnosis import Expectations, HostEvidence, diagnose
 from gpufleet.fleet_report import (
     Problem,
     code_spans,
+    dcgm_text,
     load_rows,
     render_html,
     render_markdown,
@@ -113,6 +114,7 @@ def test_rows_come_broken_first_and_carry_each_hosts_values(results_dir: Path) -
         "gpus": "2x Tesla V100-SXM2-16GB",
         "tensorflow": "2.9.0 pass",
         "matmul_ms": "0: 0.41, 1: 0.41",
+        "dcgm": "-",
         "holds": "?",
         "broken_layer": "-",
         "checked": "?",
@@ -273,7 +275,7 @@ def test_markdown_marks_drift_and_escapes_host_values(results_dir: Path) -> None
     assert rows["&lt;script&gt;alert(1)&lt;/script&gt;"] == (
         "| &lt;script&gt;alert(1)&lt;/script&gt; | Debian \\| 12 &amp; co | 470.182.03 | 11.2 "
         "| 8.1.1 | default runc, nvidia registered | ? | 28.0.0-rc.1 "
-        "| 1x &lt;script&gt;alert(1)&lt;/script&gt;, 1x \\`V100\\` \\| 16GB SXM2 | not run | - "
+        "| 1x &lt;script&gt;alert(1)&lt;/script&gt;, 1x \\`V100\\` \\| 16GB SXM2 | not run | - | - "
         "| ? | (unverified) | ? |"
     )
     # every table row has exactly the header's number of unescaped cell separators
@@ -282,7 +284,7 @@ def test_markdown_marks_drift_and_escapes_host_values(results_dir: Path) -> None
         for line in markdown.splitlines()
         if line.startswith("|")
     }
-    assert separators == {15}
+    assert separators == {16}
     assert markdown.splitlines()[0] == (
         "Fleet report of 2026-11-03 02:14:05 UTC (pinned: driver 470.182.03, CUDA 11.2, "
         "cuDNN 8.1.1). 5 hosts: 1 broken · 1 unverified · 1 unreadable · 2 OK · 2 drifted."
@@ -391,6 +393,7 @@ def test_html_shows_host_markup_as_text_in_the_tables_cells(tmp_path: Path) -> N
                 (None, "GPUs"),
                 (None, "TensorFlow"),
                 (None, "matmul ms per GPU"),
+                (None, "DCGM diagnostic"),
                 (None, "Holds"),
                 (None, "Broken layer"),
                 (None, "Checked"),
@@ -410,6 +413,7 @@ def test_html_shows_host_markup_as_text_in_the_tables_cells(tmp_path: Path) -> N
                 (None, "2x <script>alert(1)</script>"),
                 (None, "2.9.0 pass"),
                 (None, "0: 0.41, 1: 0.41"),
+                (None, "-"),
                 (None, "?"),
                 (None, "driver"),
                 (None, "?"),
@@ -429,6 +433,7 @@ def test_html_shows_host_markup_as_text_in_the_tables_cells(tmp_path: Path) -> N
                 (None, "2x Tesla V100-SXM2-16GB"),
                 (None, "2.9.0 pass"),
                 (None, "0: 0.41, 1: 0.41"),
+                (None, "-"),
                 (None, "?"),
                 (None, "-"),
                 (None, "?"),
@@ -539,7 +544,9 @@ def test_a_result_file_of_another_shape_is_a_row_saying_why(
     assert unreadable.problem == Problem("unreadable", "result file", reason, None)
     markdown = render_markdown([unreadable, good], PINS)
     assert "| gpu-01 | Ubuntu 20.04.6 LTS | 470.182.03 | 11.2 | 8.1.1 |" in markdown
-    assert "| gpu-09 | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | (unreadable) | ? |" in markdown
+    assert (
+        "| gpu-09 | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | ? | (unreadable) | ? |" in markdown
+    )
     assert f"- UNREADABLE result file, 1 host: {reason}\n  - gpu-09\n" in markdown
     page = render_html([unreadable, good], PINS)
     assert '<tr id="host-gpu-09.json" class="unreadable"><td><a href="gpu-09.json">gpu-09' in page
@@ -554,3 +561,20 @@ def test_a_result_path_that_cannot_be_read_is_a_row_saying_why(tmp_path: Path) -
     assert (unreadable.cells["host"], unreadable.state) == ("gpu-09", "unreadable")
     reason = f"[Errno 21] Is a directory: '{tmp_path}/gpu-09.json'"
     assert unreadable.problem == Problem("unreadable", "result file", reason, None)
+
+
+def test_the_dcgm_cell_names_failed_tests_and_each_gpus_figures() -> None:
+    # The PCIe figures of the real DCGM 3.3.9 V100 run (dcgmi-diag-r2-v-v100-pcie-16gb-...).
+    pcie = {"status": "fail", "figures": {"host_to_gpu_gb_s": 13.13, "gpu_to_host_gb_s": 12.37}}
+    diag = {
+        "level": 2,
+        "summary": {"pcie": {"status": "fail"}, "software": {"status": "pass"}},
+        "gpus": [
+            {"gpu": 0, "tests": {"software": {"status": "pass", "figures": {}}, "pcie": pcie}}
+        ],
+    }
+    assert dcgm_text(diag) == "L2 FAIL: pcie; 0: H2D 13.13 GB/s, D2H 12.37 GB/s"
+    assert dcgm_text({"level": 1, "summary": {"software": {"status": "pass"}}, "gpus": []}) == (
+        "L1 pass"
+    )
+    assert dcgm_text(None) == "-"

@@ -15,6 +15,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -25,8 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from gpufleet.facts.dcgm import DCGMI_EXIT_MARKER, parse_dcgmi_diag
 from gpufleet.stack.catalog import DriverChoice, KernelModules
 from gpufleet.stack.catalog import driver_packages as gpufleet_driver_pins
+from gpufleet.stack.dcgm import DCGM_PINS, DIAG_LEVELS, DcgmDiagInfo
+from gpufleet.stack.dcgm import dcgm_packages as gpufleet_dcgm_pins
+from gpufleet.stack.gpus import Architecture
 from gpufleet.stack.repositories import DriverNaming
 from testbed.os_mirror import mirror_path
 from testbed.repos import RepoTree, build_repos, default_cache_dir
@@ -48,6 +53,7 @@ from testbed.standin_repo import (
     nvidia_standin_packages,
 )
 from tests.unit.local_http import serving
+from tests.unit.test_facts_support import fixture_lines, fixture_text
 
 # The OS mirror the whole-tree tests resolve the stand-ins against (as before: Debian 12).
 OS_RELEASE = "debian12"
@@ -857,3 +863,376 @@ def test_gpufleets_driver_choices_install_one_release_and_nothing_else(
     }
     assert set(nvidia.values()) == revisions
     assert nvidia.keys() == pins.keys()
+
+
+# --- DCGM: packages, nv-hostengine and dcgmi -------------------------------------------------
+
+DCGM3_DEB = "datacenter-gpu-manager_3.3.9_amd64.deb"
+DCGM4_CORE_DEB = "datacenter-gpu-manager-4-core_4.5.3-1_amd64.deb"
+# The driver whose nvidia-smi stand-in the DCGM stand-ins read the GPUs through.
+SMI_DEB = "nvidia-utils-470_470.182.03-0ubuntu1_amd64.deb"
+CONTROL_FIELDS = ("Package", "Version", "Pre-Depends", "Depends", "Provides", "Conflicts")
+# The Tesla V100-PCIE-16GB of the real DCGM 3.3.9 outputs (tests/fixtures/facts/dcgmi-*-v100-*).
+V100_BUS = {
+    "mode": "ok",
+    "gpus": [
+        {
+            "name": "Tesla V100-PCIE-16GB",
+            "pci_device_id": "1db4",
+            "bus_id": "00000000:60:00.0",
+            "uuid": "GPU-ef97eb30-627e-f4cd-11b2-37b04ef508ba",
+            "memory_total_mib": 16160,
+            "persistence_mode": True,
+        }
+    ],
+}
+# The GB10 of the real DCGM 4.2.3 document, persistence mode off as it was.
+GB10_BUS = {"mode": "ok", "gpus": [{"pci_device_id": "2e12", "serial": "<<<NOT_SUPPORTED>>>"}]}
+# The metadata row of the driver unpacked with the stand-ins (SMI_DEB).
+DRIVER_ROW = f"| {'Driver Version Detected':<26}| {'470.182.03':<47}|"
+NO_ENGINE_LINES = [
+    "Error: unable to establish a connection to the specified host: localhost",
+    "Error: Unable to connect to host engine. Host engine connection invalid/disconnected.",
+]
+
+
+def control(deb: Path) -> dict[str, str]:
+    fields = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), *CONTROL_FIELDS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split(": ", 1) for line in fields.splitlines())
+
+
+def test_dcgm_packages_carry_the_real_names_versions_and_dependencies(repo_tree: RepoTree) -> None:
+    repo = repo_tree.root / CUDA_REPO_PATH
+    replaced = (
+        "datacenter-gpu-manager, datacenter-gpu-manager-fabricmanager (<< 2.0), "
+        "datacenter-gpu-manager-dcp-nda-only, datacenter-gpu-manager-collectd, "
+        "datacenter-gpu-manager-wsgi, datacenter-gpu-manager-fabricmanager-internal-api-header"
+    )
+    assert control(repo / DCGM3_DEB) == {
+        "Package": "datacenter-gpu-manager",
+        "Version": "1:3.3.9",
+        "Depends": "libc6 (>= 2.17)",
+        "Provides": "datacenter-gpu-manager",
+        "Conflicts": replaced,
+    }
+    assert control(repo / DCGM4_CORE_DEB) == {
+        "Package": "datacenter-gpu-manager-4-core",
+        "Version": "1:4.5.3-1",
+        "Pre-Depends": "passwd, login",
+        "Depends": "libc6 (>= 2.27), lshw",
+        "Conflicts": "datacenter-gpu-manager",
+    }
+    for major in (11, 12, 13):
+        assert control(repo / f"datacenter-gpu-manager-4-cuda{major}_4.5.3-1_amd64.deb") == {
+            "Package": f"datacenter-gpu-manager-4-cuda{major}",
+            "Version": "1:4.5.3-1",
+            "Depends": "datacenter-gpu-manager-4-core (= 1:4.5.3-1)",
+            "Provides": "datacenter-gpu-manager-4 (= 1:4.5.3-1)",
+        }
+
+
+@pytest.mark.parametrize(
+    ("branch", "architectures"),
+    [("470", []), ("535", [Architecture.AMPERE]), ("580", [Architecture.VOLTA])],
+)
+def test_gpufleets_dcgm_pins_resolve_to_their_release(
+    apt: PrivateApt, repo_tree: RepoTree, branch: str, architectures: list[Architecture]
+) -> None:
+    pins = gpufleet_dcgm_pins(branch, architectures)
+    versions = apt.simulate_install(*(f"{name}={pattern}" for name, pattern in pins.items()))
+    dcgm = {name: v for name, v in versions.items() if name.startswith("datacenter-gpu")}
+    assert dcgm.keys() == pins.keys()
+    release = DCGM_PINS[branch].version
+    assert {version.split(":")[1].split("-")[0] for version in dcgm.values()} == {release}
+    # Every directory carries the release's packages.
+    for directory in CUDA_DIRECTORIES:
+        repo = repo_tree.root / cuda_repo_path(directory)
+        assert {name for name in pins if not list(repo.glob(f"{name}_{release}*.deb"))} == set()
+
+
+def test_dcgm_unpinned_takes_the_newest_and_3_and_4_do_not_mix(apt: PrivateApt) -> None:
+    # The plugins pin the core exactly: unpinned, both float to the newest release.
+    versions = apt.simulate_install("datacenter-gpu-manager-4-cuda12")
+    assert versions["datacenter-gpu-manager-4-core"] == "1:4.6.0-1"
+    # 4.x's core depends on lshw, which the Debian mirror holds.
+    assert "lshw" in versions
+    assert "datacenter-gpu-manager" in uninstallable(
+        apt, "datacenter-gpu-manager", "datacenter-gpu-manager-4-core"
+    )
+
+
+@pytest.fixture
+def dcgm_root(repo_tree: RepoTree, tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """DCGM's deb (the test's parameter) and a driver's nvidia-smi unpacked into one root."""
+    root = tmp_path / "root"
+    unpack(repo_tree, CUDA_REPO_PATH, request.param, root)
+    return unpack(repo_tree, CUDA_REPO_PATH, SMI_DEB, root)
+
+
+def run_dcgm(
+    root: Path, tmp_path: Path, bus: Mapping[str, object], program: str, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a DCGM stand-in on ``bus``, the root's nvidia-smi first on its PATH."""
+    (tmp_path / "gpus.json").write_text(json.dumps(bus))
+    env = {
+        **os.environ,
+        "PATH": f"{root / 'usr/bin'}{os.pathsep}{os.environ['PATH']}",
+        "NVIDIA_STANDIN_CONFIG": str(tmp_path / "gpus.json"),
+        "NVIDIA_STANDIN_STATE_DIR": str(tmp_path / "state"),
+    }
+    return subprocess.run(
+        [str(root / "usr/bin" / program), *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def hostengine(dcgm_root: Path, tmp_path: Path) -> Iterator[str]:
+    """nv-hostengine in the foreground as the unit runs it, on a free port: its --host."""
+    port = free_port()
+    (tmp_path / "gpus.json").write_text(json.dumps(V100_BUS))
+    env = {
+        **os.environ,
+        "PATH": f"{dcgm_root / 'usr/bin'}{os.pathsep}{os.environ['PATH']}",
+        "NVIDIA_STANDIN_CONFIG": str(tmp_path / "gpus.json"),
+    }
+    engine = subprocess.Popen(
+        [str(dcgm_root / "usr/bin/nv-hostengine"), "-n", "-p", str(port)]
+        + ["--service-account", "root"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert engine.stdout is not None
+        assert (
+            engine.stdout.readline()
+            == f"Started host engine version 3.3.9 using port number: {port}\n"
+        )
+        yield f"127.0.0.1:{port}"
+    finally:
+        engine.terminate()
+        assert engine.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM3_DEB], indirect=True)
+def test_dcgmi_discovery_prints_the_real_table(
+    dcgm_root: Path, tmp_path: Path, hostengine: str
+) -> None:
+    listing = run_dcgm(
+        dcgm_root, tmp_path, V100_BUS, "dcgmi", "discovery", "-l", "--host", hostengine
+    )
+    assert (listing.returncode, listing.stdout) == (
+        0,
+        fixture_text("dcgmi-discovery-l-v100-pcie-16gb-dcgm-3.3.9.txt"),
+    )
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM3_DEB, DCGM4_CORE_DEB], indirect=True)
+def test_dcgmi_without_a_host_engine_says_so_as_the_real_one(
+    dcgm_root: Path, tmp_path: Path
+) -> None:
+    if hostengine_listens():
+        pytest.skip("something listens on the host engine's port here")
+    listing = run_dcgm(dcgm_root, tmp_path, V100_BUS, "dcgmi", "discovery", "-l")
+    assert (listing.returncode, listing.stdout.splitlines()) == (235, NO_ENGINE_LINES)
+    # The diagnostic says it, then runs in an engine of its own.
+    host = f"127.0.0.1:{free_port()}"
+    diag = run_dcgm(dcgm_root, tmp_path, V100_BUS, "dcgmi", "diag", "--host", host, "-r", "1", "-j")
+    assert diag.stdout.splitlines()[0] == (
+        f"Error: unable to establish a connection to the specified host: {host}"
+    )
+    info = parse_diag(diag)
+    assert (info["hostengine_reachable"], len(info["gpus"]), info["errors"]) == (False, 1, [])
+
+
+def hostengine_listens() -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", 5555)) == 0
+
+
+def parse_diag(run: subprocess.CompletedProcess[str]) -> DcgmDiagInfo:
+    info = parse_dcgmi_diag([*run.stdout.splitlines(), f"{DCGMI_EXIT_MARKER}{run.returncode}"])
+    assert info is not None
+    return info
+
+
+@pytest.mark.parametrize(
+    ("dcgm_root", "level", "fixture"),
+    [
+        (DCGM3_DEB, 1, "dcgmi-diag-r1-v100-pcie-16gb-dcgm-3.3.9.txt"),
+        (DCGM3_DEB, 3, "dcgmi-diag-r3-v100-pcie-16gb-dcgm-3.3.9.txt"),
+    ],
+    indirect=["dcgm_root"],
+)
+def test_dcgmi_diag_tables_have_the_real_layout(
+    dcgm_root: Path, tmp_path: Path, level: int, fixture: str
+) -> None:
+    table = run_dcgm(dcgm_root, tmp_path, V100_BUS, "dcgmi", "diag", "-r", str(level))
+    real = fixture_lines(fixture)
+    # The real run's driver was 560.35.03, the stand-in's is the one unpacked here.
+    real[6] = DRIVER_ROW
+    assert (table.returncode, table.stdout.splitlines()) == (0, real)
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM4_CORE_DEB], indirect=True)
+def test_dcgmi_4_diag_table_has_the_real_layout(dcgm_root: Path, tmp_path: Path) -> None:
+    # The DCGM user guide's four GPUs (device 25b6), persistence mode on.
+    bus = {"mode": "ok", "gpus": [{"pci_device_id": "25b6", "persistence_mode": True}] * 4}
+    table = run_dcgm(dcgm_root, tmp_path, bus, "dcgmi", "diag", "-r", "3")
+    real = fixture_lines("dcgmi-diag-r3-dcgm-4.0.0-dcgm-user-guide.txt")
+    real[5] = real[5].replace("4.0.0", "4.5.3")
+    real[6] = DRIVER_ROW
+    assert (table.returncode, table.stdout.splitlines()) == (0, real)
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM4_CORE_DEB], indirect=True)
+def test_dcgmi_4_json_is_the_real_gb10_document(dcgm_root: Path, tmp_path: Path) -> None:
+    run = run_dcgm(dcgm_root, tmp_path, GB10_BUS, "dcgmi", "diag", "-r", "1", "-j")
+    assert run.returncode == 226  # DCGM_ST_NVVS_ERROR, as the GB10's dcgmi exited
+    real = fixture_lines("dcgmi-diag-r1-j-gb10-dcgm-4.2.3.json")
+    # jsoncpp's layout line for line (the fixture was retyped without trailing spaces), but for
+    # the test summary's SRAM note the stand-in does not make and the versions.
+    summary_info = real.index('\t\t\t\t\t\t\t"info" :')
+    del real[summary_info : summary_info + 4]
+    real = [line.replace("580.82.09", "470.182.03").replace("4.2.3", "4.5.3") for line in real]
+    assert [line.rstrip() for line in run.stdout.splitlines()] == real
+    info = parse_diag(run)
+    assert info["gpus"][0]["tests"]["software"]["status"] == "fail"
+
+
+def keys(objects: object) -> set[str]:
+    """The keys the JSON objects in ``objects`` (a list of them) use."""
+    assert isinstance(objects, list)
+    return {key for item in objects for key in item}
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM3_DEB, DCGM4_CORE_DEB], indirect=True)
+@pytest.mark.parametrize("level", sorted(DIAG_LEVELS))
+def test_dcgmi_diag_json_reads_as_the_real_documents(
+    dcgm_root: Path, tmp_path: Path, level: int
+) -> None:
+    two_v100s = {**V100_BUS, "gpus": [V100_BUS["gpus"][0], {"persistence_mode": True}]}
+    run = run_dcgm(dcgm_root, tmp_path, two_v100s, "dcgmi", "diag", "-r", str(level), "-j")
+    assert run.returncode == 0
+    document = json.loads(run.stdout)
+    info = parse_diag(run)
+    assert info["errors"] == [] and info["hostengine_reachable"]
+    expected = set(DIAG_LEVELS[level].tests)
+    # The keys of the real documents' objects, each level down: DCGM 3.3.1's categories
+    # (NVIDIA/DCGM#139), DCGM 4's GB10 document and its "diagnostic" test with "info" (#215).
+    if "DCGM GPU Diagnostic" in document:
+        # 3.x lists the EUD test at level 3, skipped without its package.
+        expected |= {"eud"} if level == 3 else set()
+        real = json.loads(
+            "[" + fixture_text("dcgmi-diag-r3-j-fragment-t400-dcgm-3.3.1.txt").rstrip(",\n") + "]"
+        )
+        made = document["DCGM GPU Diagnostic"]["test_categories"][1:]
+        assert {"version", "Driver Version Detected", "GPU Device IDs"} <= document.keys()
+    else:
+        gb10 = json.loads(fixture_text("dcgmi-diag-r1-j-gb10-dcgm-4.2.3.json"))
+        assert document.keys() == gb10.keys()
+        assert keys(document["entity_groups"]) == keys(gb10["entity_groups"])
+        assert document["metadata"].keys() == gb10["metadata"].keys()
+        real = gb10["DCGM Diagnostic"]["test_categories"]
+        made = document["DCGM Diagnostic"]["test_categories"]
+    real_tests = [test for category in real for test in category["tests"]]
+    made_tests = [test for category in made for test in category["tests"]]
+    assert keys(made) <= keys(real)
+    assert keys(made_tests) <= keys(real_tests)
+    made_results = [result for test in made_tests for result in test["results"]]
+    assert keys(made_results) <= keys([r for test in real_tests for r in test["results"]]) | {
+        "info"
+    }
+    for gpu in info["gpus"]:
+        assert gpu["tests"].keys() == expected
+        assert {result["status"] for result in gpu["tests"].values()} <= {"pass", "skip"}
+    if level == 3:
+        tests = info["gpus"][0]["tests"]
+        assert tests["diagnostic"]["figures"] == {"gflops": 21688.18}
+        assert tests["pcie"]["figures"]["bidirectional_gb_s"] == 22.39
+        power = {"max_power_w": 251.0, "average_power_w": 247.8}
+        assert tests["targeted_power"]["figures"] == power
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM3_DEB], indirect=True)
+def test_dcgmi_diag_through_an_engine_runs_as_its_service_account(
+    dcgm_root: Path, tmp_path: Path
+) -> None:
+    port = str(free_port())
+    (tmp_path / "gpus.json").write_text(json.dumps(V100_BUS))
+    env = {
+        **os.environ,
+        "PATH": f"{dcgm_root / 'usr/bin'}{os.pathsep}{os.environ['PATH']}",
+        "NVIDIA_STANDIN_CONFIG": str(tmp_path / "gpus.json"),
+    }
+    engine = subprocess.Popen(
+        [str(dcgm_root / "usr/bin/nv-hostengine"), "-n", "-p", port]
+        + ["--service-account", "no-such-account-here"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert engine.stdout is not None and engine.stdout.readline().startswith("Started")
+        run = run_dcgm(
+            dcgm_root, tmp_path, V100_BUS, "dcgmi", "diag", "--host", f"127.0.0.1:{port}",
+            "-r", "1", "-j",
+        )  # fmt: skip
+    finally:
+        engine.terminate()
+        engine.wait(timeout=10)
+    assert run.returncode == 253  # DCGM_ST_GENERIC_ERROR
+    info = parse_diag(run)
+    assert info["hostengine_reachable"] and info["gpus"] == []
+    assert info["errors"] == [
+        "Error: Unable to complete diagnostic for group 2147483647. Return: (-3) Generic "
+        "unspecified error."
+    ]
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM4_CORE_DEB], indirect=True)
+def test_nv_hostengine_daemonizes_once_and_stops(dcgm_root: Path, tmp_path: Path) -> None:
+    pid_file = str(tmp_path / "nvhostengine.pid")
+    options = ("-p", str(free_port()), "--pid", pid_file, "--service-account", "root")
+    started = run_dcgm(dcgm_root, tmp_path, V100_BUS, "nv-hostengine", *options)
+    assert (started.returncode, started.stdout) == (
+        0,
+        f"Started host engine version 4.5.3 using port number: {options[1]}\n",
+    )
+    pid = int(Path(pid_file).read_text())
+    try:
+        again = run_dcgm(dcgm_root, tmp_path, V100_BUS, "nv-hostengine", *options)
+        assert (again.returncode, again.stdout) == (
+            1,
+            f"Host engine already running with pid {pid}\n",
+        )
+    finally:
+        stopped = run_dcgm(dcgm_root, tmp_path, V100_BUS, "nv-hostengine", "-t", "--pid", pid_file)
+    assert (stopped.returncode, stopped.stdout) == (0, "Host engine successfully terminated.\n")
+    # Without a driver NVML can open, it does not start.
+    no_driver = run_dcgm(dcgm_root, tmp_path, {"mode": "no-driver"}, "nv-hostengine", "-n")
+    assert no_driver.returncode == 255
+    assert no_driver.stderr.endswith("Error: DCGM failed to start embedded engine\n")
+
+
+@pytest.mark.parametrize("dcgm_root", [DCGM4_CORE_DEB], indirect=True)
+def test_nvidia_dcgm_unit_is_nvidias(dcgm_root: Path) -> None:
+    unit = (dcgm_root / "usr/lib/systemd/system/nvidia-dcgm.service").read_text()
+    template = fixture_text("systemd-nvidia-dcgm.service.in.txt")
+    assert unit == template.replace("@CMAKE_INSTALL_BINDIR@", "bin")
+    assert "\nExecStart=/usr/bin/nv-hostengine -n --service-account nvidia-dcgm\n" in unit
