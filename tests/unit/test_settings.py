@@ -5,6 +5,8 @@ what would work; misspelt keys are refused; pyinfra's own keys are never reporte
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -500,3 +502,15 @@ def test_pyinfra_host_data_is_read_and_checked() -> None:
     )
     with pytest.raises(SettingsError, match="cuda_verison is not a gpufleet data key"):
         read_settings(inventory.get_host("gpu-01").data)
+
+
+def test_the_readme_documents_every_key() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    # A row names one key or several: | `a`, `b` | default | meaning |
+    documented = {
+        key
+        for row in re.findall(r"^\| (`\w+`(?:, `\w+`)*) \|", readme, re.MULTILINE)
+        for key in re.findall(r"`(\w+)`", row)
+    }
+    assert set(GpuSettings.model_fields) - documented == set()
+    assert documented - set(GpuSettings.model_fields) == set()
