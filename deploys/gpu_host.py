@@ -4,5 +4,8 @@
 """
 
 from gpufleet import gpu_host
+from gpufleet.facts.pyinfra_internals import register_deploy_file
 
+# pyinfra execs this file: without this, each operation's call costs a walk of sys.modules.
+register_deploy_file(__file__)
 gpu_host()

@@ -17,10 +17,16 @@ pyinfra offers no public way to ask whether an earlier operation of this run cha
   would do (a `--dry` run never completes it);
 - ``sys.argv``: whether pyinfra's CLI runs the deploy, and whether with ``--dry``;
 - ``OperationMeta._combined_output``: what a run operation printed (the run summary's causes).
+
+And one of CPython's, for pyinfra's cost per operation (``register_deploy_file``):
+
+- ``inspect.modulesbyfile``: inspect's cache of absolute file name -> module name.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +50,41 @@ def changed_before_current_operation(state: State, host: Host) -> bool:
         if meta.is_complete() and meta.executed:
             return True
     return False
+
+
+# What inspect.getmodule finds for a deploy file pyinfra execs: a name no module has, so it returns
+# None, the answer its walk of sys.modules gives for such a file.
+NOT_A_MODULE = "<a file pyinfra execs, not a module>"
+
+
+def register_deploy_file(filename: str | None) -> None:
+    """
+    Tell inspect that ``filename``, a deploy file pyinfra's CLI execs, is no module's file: call it
+    from the deploy file, before its operations, with its ``__file__`` (None does nothing).
+
+    Why: in CLI mode pyinfra orders each operation of each host by the line numbers of its call
+    stack: pyinfra/api/operation.py ``solve_operation_consistency`` calls
+    pyinfra/api/util.py ``get_operation_order_from_stack``, which calls ``inspect.stack()`` and
+    then ``inspect.getframeinfo`` on each frame twice more, all with context=1. CPython 3.11's
+    inspect.py ``getframeinfo`` then calls ``findsource(frame)``, which calls
+    ``getmodule(frame, file)``. For a module's file that is a lookup in ``modulesbyfile``. The
+    deploy file is no module's: pyinfra_cli/util.py ``exec_file`` compiles and execs it under the
+    name given on the command line. So ``getmodule`` misses the cache (the name and its absolute
+    path), walks every module of ``sys.modules`` (ismodule and hasattr on each, about 900) and
+    finds none (a frame has no ``__name__`` for its last checks); a miss is not cached, so this
+    repeats 3 times for each operation call of each host: about 1 ms per call, 0.6-0.8 s of
+    CPU in a 32-host no-op (bench/README.md, "Planning cost per host"). Every other frame of an
+    operation's stack (gpufleet's, pyinfra's, gevent's greenlet) is a module's and hits the cache.
+
+    Mapped to a name no module has, ``getmodule`` answers the same None from the cache. The
+    frame's file name and line numbers, all pyinfra's order reads, do not depend on it
+    (``getsourcefile`` returns an existing file's name before asking for its module), so the
+    operation order and hashes are unchanged (tests/unit/test_pyinfra_internals.py). A file
+    already known as a module's keeps its module.
+    """
+    if filename:
+        # The key getmodule tries after the name as given: inspect.getabsfile's form.
+        inspect.modulesbyfile.setdefault(os.path.normcase(os.path.abspath(filename)), NOT_A_MODULE)
 
 
 def changes_host(operation: OperationMeta) -> bool:

@@ -225,6 +225,7 @@ def test_new_columns_show_toolkit_docker_holds_and_when_checked(
     assert {title: cells["gpu-01"][title] for title in titles[6:8] + titles[11:]} == {
         "Container toolkit": "1.17.8",
         "Docker": "28.0.0-rc.1",
+        "DCGM diagnostic": "-",
         "Holds": "all 3 held",
         "Broken layer": "-",
         "Checked": "2026-11-03 01:58:12 UTC, gpufleet 0.1.0",

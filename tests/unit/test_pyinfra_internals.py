@@ -6,23 +6,37 @@ one of them, these fail naming it, before a deploy silently reads a stale snapsh
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
+import pyinfra
+import pytest
 from pyinfra.api import Config, Host, Inventory, State, deploy, operation
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
-from pyinfra.api.state import StateOperationHostData
+from pyinfra.api.state import StateOperationHostData, StateStage
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.operations import server
 
-from gpufleet.facts.pyinfra_internals import changed_before_current_operation, changes_host
+from gpufleet.facts import pyinfra_internals
+from gpufleet.facts.pyinfra_internals import (
+    changed_before_current_operation,
+    changes_host,
+    register_deploy_file,
+)
+from tests.fakehost import FIXTURE_KEY_DATA, converged_ubuntu_2004, prepare
 
 PYINFRA_VERSION = version("pyinfra")
 FAILING_COMMAND = "exit 3"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# As `pyinfra INVENTORY deploys/gpu_host.py` names it, run from the checkout.
+ENTRY_FILE = "deploys/gpu_host.py"
 
 
 def internal_changed(internal: str) -> str:
@@ -202,3 +216,94 @@ def test_an_operation_changes_its_host_planned_and_once_run() -> None:
     assert ran == {"no-op": False, "before": False, "change": True, "after": False}, (
         internal_changed("OperationMeta.did_change()")
     )
+
+
+@dataclass
+class CliPlan:
+    """The entry file planned as pyinfra's CLI plans it, on two converged @fake hosts."""
+
+    operations: dict[str, list[tuple[str, list[str]]]]  # host: (op hash, names) in its order
+    run_order: list[str]
+    walks: int  # inspect.getmodule calls that walked sys.modules for the entry file's frames
+
+
+def counted_walks(monkeypatch: pytest.MonkeyPatch, filename: str) -> Callable[[], int]:
+    """Count inspect.getmodule's walks of sys.modules (an ismodule call per module) for
+    ``filename``'s frames, from now on."""
+    ismodule, getmodule = inspect.ismodule, inspect.getmodule
+    calls = {"ismodule": 0, "walks": 0}
+
+    def counted_ismodule(candidate: object) -> bool:
+        calls["ismodule"] += 1
+        return ismodule(candidate)
+
+    def counted_getmodule(candidate: object, _filename: str | None = None) -> Any:
+        before = calls["ismodule"]
+        module = getmodule(candidate, _filename)
+        # One ismodule call for the object itself; one per module of sys.modules in a walk.
+        if _filename == filename and calls["ismodule"] - before > 1:
+            calls["walks"] += 1
+        return module
+
+    monkeypatch.setattr(inspect, "ismodule", counted_ismodule)
+    monkeypatch.setattr(inspect, "getmodule", counted_getmodule)
+    return lambda: calls["walks"]
+
+
+def cli_planned(monkeypatch: pytest.MonkeyPatch, register: bool) -> CliPlan:
+    """
+    ENTRY_FILE exec'd for each host in CLI mode, as pyinfra_cli/util.py's load_deploy_file and
+    exec_file do (pyinfra_cli itself is not imported: it would gevent-patch the test session),
+    with or without its register_deploy_file.
+    """
+    # inspect's caches, restored after the test: a walk updates the two together.
+    monkeypatch.setattr(inspect, "modulesbyfile", dict(inspect.modulesbyfile))
+    monkeypatch.setattr(inspect, "_filesbymodname", dict(vars(inspect)["_filesbymodname"]))
+
+    def left_unknown(filename: str | None) -> None:
+        """The entry file's registration skipped: the before of the fix."""
+
+    monkeypatch.setattr(
+        pyinfra_internals,
+        "register_deploy_file",
+        register_deploy_file if register else left_unknown,
+    )
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr(pyinfra, "is_cli", False)
+    data = {**FIXTURE_KEY_DATA, "gpu_verify": False}
+    hosts = {name: (converged_ubuntu_2004(), data) for name in ("gpu-01", "gpu-02")}
+    state = prepare(hosts, lambda: None)  # the inventory, connected; no operations
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+    state.set_stage(StateStage.Prepare)
+    state.current_deploy_filename = ENTRY_FILE
+    code = compile(Path(ENTRY_FILE).read_text(), ENTRY_FILE, "exec")
+    walks = counted_walks(monkeypatch, ENTRY_FILE)
+    with ctx_state.use(state):
+        for host in state.inventory:
+            with ctx_host.use(host):
+                exec(code, {"__file__": ENTRY_FILE})
+    operations = {
+        host.name: [
+            (op_hash, sorted(state.get_op_meta(op_hash).names)) for op_hash in host.op_hash_order
+        ]
+        for host in state.inventory
+    }
+    return CliPlan(operations, state.get_op_order(), walks())
+
+
+def test_a_registered_deploy_file_keeps_the_operation_order_without_walking_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    unregistered = cli_planned(monkeypatch, register=False)
+    registered = cli_planned(monkeypatch, register=True)
+    operations = sum(len(host_operations) for host_operations in unregistered.operations.values())
+    # Each operation call reads the stack (get_operation_order_from_stack): without the
+    # registration, inspect walks sys.modules for the entry file's frame on each.
+    assert unregistered.walks >= operations > 0, (
+        f"pyinfra {PYINFRA_VERSION} no longer has inspect walk sys.modules for an exec'd deploy "
+        "file's frames: register_deploy_file (gpufleet/facts/pyinfra_internals.py) may go"
+    )
+    assert registered.walks == 0
+    # Order and hashes come from the stack's file names and line numbers: the same.
+    assert registered.operations == unregistered.operations
+    assert registered.run_order == unregistered.run_order
