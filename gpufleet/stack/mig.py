@@ -1,5 +1,5 @@
 """MIG (Multi-Instance GPU) layouts: which GPU instance profiles a GPU offers, whether a layout
-fits, how it is created, and what survives a reboot.
+fits, how it is created, and how the host keeps it across reboots.
 
 Pure knowledge (no pyinfra, no I/O). The profile tables are the real `nvidia-smi mig -lgip` and
 `-lgipp` outputs cited in gpufleet/stack/SOURCES.md, section "MIG layouts and DCGM" (the fixtures
@@ -112,12 +112,6 @@ MIG_PROFILES: dict[str, tuple[MigProfile, ...]] = {
 # GPUs with MIG in their architecture (A100/A30, Hopper, Blackwell data center parts); used to
 # tell "no MIG at all" from "MIG, but no table here".
 MIG_ARCHITECTURES = (Architecture.AMPERE, Architecture.HOPPER, Architecture.BLACKWELL)
-
-
-def mode_survives_reboot(architecture: Architecture) -> bool:
-    """On Ampere the MIG mode is a bit in the InfoROM; from Hopper on the driver forgets it when
-    its modules unload (MIG user guide, "GPU Reset on Hopper+ GPUs"). Instances never survive."""
-    return architecture is Architecture.AMPERE
 
 
 def profiles_text(profiles: Sequence[MigProfile]) -> str:

@@ -132,12 +132,6 @@ def test_layout_problems_name_the_key_the_value_and_the_offer() -> None:
     )
 
 
-def test_mode_survives_a_reboot_on_ampere_only() -> None:
-    assert mig.mode_survives_reboot(mig.Architecture.AMPERE)
-    assert not mig.mode_survives_reboot(mig.Architecture.HOPPER)
-    assert not mig.mode_survives_reboot(mig.Architecture.BLACKWELL)
-
-
 def test_layouts_file() -> None:
     assert mig.layouts_file({1: [], 0: ["3g.40gb", "1g.10gb"]}) == "0 3g.40gb,1g.10gb\n1 disabled\n"
 
