@@ -255,8 +255,9 @@ class Fleet:
         """Reboot ``host`` from inside (systemd's own reboot) and wait until it is up again."""
         machine = self._machine(host)
         reboots = machine.reboots
-        # The connection may drop before ssh reports the command's status.
-        machine.ssh("systemctl reboot", timeout=30)
+        # The connection may drop, or hang, before ssh reports the command's status.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            machine.ssh("systemctl reboot", timeout=30)
         deadline = time.monotonic() + self.boot_timeout
         while machine.reboots == reboots:
             if time.monotonic() > deadline:

@@ -221,8 +221,10 @@ class Machine:
         while self.process is not None:
             if self.process.wait() != NSPAWN_REBOOT_STATUS or self._stopping.is_set():
                 return
-            self.reboots += 1
             self.process = self._start_nspawn()
+            # Counted once the new nspawn is in place: a waiter that sees the count change
+            # must not find the exited one.
+            self.reboots += 1
 
     def _start_nspawn(self) -> subprocess.Popen[bytes]:
         command = [
