@@ -41,7 +41,6 @@ from gpufleet.deploys.verify import pinned_package_names, verify_host
 from gpufleet.facts import snapshot
 from gpufleet.facts.docker import parse_daemon_json
 from gpufleet.facts.gpu_host import GpuHostStateInfo
-from gpufleet.facts.mig import unmet_on_host
 from gpufleet.operations import artifacts
 from gpufleet.operations.docker_daemon import DOCKER_SERVICE
 from gpufleet.operations.packages import auth_file, repository_files
@@ -202,7 +201,7 @@ def mig_problems(settings: GpuSettings, host_state: GpuHostStateInfo) -> list[st
     smi = host_state["nvidia_smi"]
     if problems or not smi:
         return problems
-    unmet = unmet_on_host(layouts, smi, host_state["mig_instances"])
+    unmet = mig.unmet_on_gpus(layouts, smi["gpus"], host_state["mig_instances"])
     indexes = {gpu["uuid"]: gpu["index"] for gpu in smi["gpus"]}
     for process in smi["processes"]:
         in_use = indexes.get(process["gpu_uuid"])

@@ -6,12 +6,10 @@ The MIG instances on the host's GPUs: ``nvidia-smi mig -lgi`` (GPU instances) an
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 
 from pyinfra.api import FactBase
 
-from gpufleet.facts.nvidia import NvidiaSmiInfo
-from gpufleet.stack.mig import MigInstancesInfo, gpu_layouts, unmet_layouts
+from gpufleet.stack.mig import MigInstancesInfo
 
 # Between the two tables in the fact's output.
 COMPUTE_INSTANCES_MARKER = "@@gpufleet:mig-compute-instances"
@@ -74,11 +72,3 @@ class MigInstances(FactBase[MigInstancesInfo]):
 
     def process(self, output: list[str]) -> MigInstancesInfo:
         return parse_mig_instances(output)
-
-
-def unmet_on_host(
-    layouts: Mapping[int, Sequence[str]], smi: NvidiaSmiInfo | None, instances: MigInstancesInfo
-) -> dict[int, str]:
-    """GPU index -> how it differs from its layout, from the host's NvidiaSmi and MigInstances."""
-    modes = {gpu["index"]: gpu["mig_mode"] for gpu in smi["gpus"]} if smi else {}
-    return unmet_layouts(layouts, modes, gpu_layouts(instances))

@@ -12,9 +12,9 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from gpufleet.facts import snapshot
-from gpufleet.facts.mig import MigInstances, unmet_on_host
+from gpufleet.facts.mig import MigInstances
 from gpufleet.facts.nvidia import NvidiaSmi
-from gpufleet.stack.mig import SCRIPT_PATH
+from gpufleet.stack.mig import SCRIPT_PATH, unmet_on_gpus
 
 
 @operation()
@@ -24,8 +24,9 @@ def layouts_applied(layouts: Mapping[int, Sequence[str]]):
 
     + layouts: GPU index -> GPU instance profiles (the deploy has checked they fit)
     """
-    unmet = unmet_on_host(
-        layouts, snapshot.current(NvidiaSmi), snapshot.current(MigInstances, wanted=True)
+    smi = snapshot.current(NvidiaSmi)
+    unmet = unmet_on_gpus(
+        layouts, smi["gpus"] if smi else [], snapshot.current(MigInstances, wanted=True)
     )
     if not unmet:
         host.noop(f"MIG layouts of GPU {', '.join(map(str, sorted(layouts)))} in place")

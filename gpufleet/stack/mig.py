@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -57,6 +57,13 @@ class GpuInstance(TypedDict):
     profile_id: int
     instance_id: int
     placement: str  # "4:4", start:size
+
+
+class MigGpu(TypedDict):
+    """What the layouts need of a GPU nvidia-smi lists (gpufleet/facts/nvidia.py's GpuInfo)."""
+
+    index: int
+    mig_mode: str | None  # current: "Enabled", "Disabled"; None where the GPU has no MIG
 
 
 class MigInstancesInfo(TypedDict):
@@ -227,3 +234,11 @@ def unmet_layouts(
         elif have != sorted(profiles):
             unmet[index] = f"instances {', '.join(have) or 'none'}, wanted {', '.join(profiles)}"
     return unmet
+
+
+def unmet_on_gpus(
+    layouts: Mapping[int, Sequence[str]], gpus: Iterable[MigGpu], instances: MigInstancesInfo
+) -> dict[int, str]:
+    """unmet_layouts from what the host read gives: nvidia-smi's GPUs and the MIG instances."""
+    modes = {gpu["index"]: gpu["mig_mode"] for gpu in gpus}
+    return unmet_layouts(layouts, modes, gpu_layouts(instances))
